@@ -63,11 +63,11 @@ class BpeTokenizer:
         self.hf.save(str(path))
 
     @classmethod
-    def load(cls, path: Path) -> "BpeTokenizer":
+    def load(cls, path: Path) -> BpeTokenizer:
         return cls(_hf_tokenizers().Tokenizer.from_file(str(path)))
 
     @classmethod
-    def train(cls, docs: Iterable[bytes], vocab_size: int) -> "BpeTokenizer":
+    def train(cls, docs: Iterable[bytes], vocab_size: int) -> BpeTokenizer:
         """Train on `docs` (bytes, decoded as UTF-8); the vocab holds `<|endoftext|>`, the 256 bytes, then merges."""
         hf = _hf_tokenizers()
         tok = hf.Tokenizer(hf.models.BPE())
