@@ -1,0 +1,204 @@
+"""Approach 1 (training-curve envelope): at each FLOP count, the lowest loss reached by any run; the runs on
+that frontier give N_opt(C), D_opt(C) and L_opt(C) power laws.
+
+Units: N in parameters, D in tokens (seen at the checkpoint), C in FLOPs, loss in nats/token.
+Each run's loss curve is interpolated (linearly in log C) at n_bins log-spaced FLOP values inside the run's own
+range (no extrapolation); at each value the winning run is the one with the lowest loss. Interpolating rather than
+taking the lowest checkpoint inside a bin avoids favouring whichever run happens to have a checkpoint near the
+bin's upper edge. A FLOP value won by the smallest or largest model covering it is censored (the optimum may lie
+beyond the models trained) and left out of the laws. Bootstrap: resample whole runs with replacement and redo
+the frontier and the laws.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from analysis.data import require_columns
+from analysis.powerlaw import (
+    PowerLawFit,
+    bootstrap_counts,
+    power_law_result,
+    round_samples,
+    samples_summary,
+    summary_lines,
+    weighted_line,
+)
+from analysis.result import FitResult, json_safe
+from scaling.errors import ConfigError
+
+
+def _first_present(df: pd.DataFrame, names: tuple[str, ...]) -> str | None:
+    return next((n for n in names if n in df.columns), None)
+
+
+def _checkpoints(metrics_df: pd.DataFrame, k: float, exclude_runs) -> pd.DataFrame:
+    """Canonical per-checkpoint table: run_id, N, C, D, loss (rows without a finite positive value dropped)."""
+    require_columns(metrics_df, ["N"], "envelope")
+    c_col = _first_present(metrics_df, ("flops", "C"))
+    loss_col = _first_present(metrics_df, ("val_loss", "loss", "train_loss"))
+    if c_col is None or loss_col is None:
+        raise ConfigError("envelope: columns", "per-checkpoint columns N, flops (or C) and val_loss (or loss); "
+                          f"available: {list(metrics_df.columns)}")
+    d_col = _first_present(metrics_df, ("tokens", "D"))
+    out = pd.DataFrame({
+        "run_id": metrics_df["run_id"].astype(str) if "run_id" in metrics_df.columns
+        else metrics_df["N"].astype(str),
+        "N": pd.to_numeric(metrics_df["N"], errors="coerce"),
+        "C": pd.to_numeric(metrics_df[c_col], errors="coerce"),
+        "loss": pd.to_numeric(metrics_df[loss_col], errors="coerce"),
+    })
+    out["D"] = pd.to_numeric(metrics_df[d_col], errors="coerce") if d_col else out["C"] / (k * out["N"])
+    if exclude_runs:
+        out = out[~out["run_id"].isin({str(r) for r in exclude_runs})]
+    values = out[["N", "C", "D", "loss"]].to_numpy(float)
+    good = np.isfinite(values).all(axis=1) & (values > 0).all(axis=1)
+    return out[good].reset_index(drop=True)
+
+
+@dataclass(repr=False, eq=False)
+class EnvelopeFit(FitResult):
+    """Envelope fit. params: a, b (exponents of N_opt, D_opt in C), N_coef, D_coef, L_coef, L_exponent.
+
+    .frontier: one row per FLOP value (C, N, D, loss, run_id of the winner, censored flag); .N_opt, .D_opt, .L_opt
+    PowerLawFit laws in C [FLOPs]; .samples (n_boot x 6) in params order.
+    """
+
+    frontier: pd.DataFrame = field(default_factory=pd.DataFrame)
+    N_opt: PowerLawFit | None = None
+    D_opt: PowerLawFit | None = None
+    L_opt: PowerLawFit | None = None
+    samples: np.ndarray | None = None
+
+    def predict(self, C) -> dict:
+        """Compute-optimal N [params], D [tokens] and loss at C [FLOPs] from the three laws."""
+        return {"N_opt": self.N_opt.predict(C), "D_opt": self.D_opt.predict(C), "L_opt": self.L_opt.predict(C)}
+
+    def summary(self) -> str:
+        p = self.params
+        head = (f"{self.name}: N_opt ∝ C^{p['a']:.3f}, D_opt ∝ C^{p['b']:.3f} "
+                f"(N in params, D in tokens, C in FLOPs)")
+        lines = summary_lines(self, head, ["n_runs", "n_bins", "n_used", "n_censored", "bootstrap"])
+        for law in (self.N_opt, self.D_opt, self.L_opt):
+            lines.append("  " + law.summary().splitlines()[0])
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        d = super().to_dict()
+        d["samples"] = round_samples(self.samples)
+        d["frontier"] = json_safe(self.frontier.to_dict(orient="records"))
+        for name in ("N_opt", "D_opt", "L_opt"):
+            d[name] = getattr(self, name).to_dict()
+        return d
+
+
+def _curves_on_grid(ck: pd.DataFrame, runs: np.ndarray, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(R x J) loss and tokens of each run interpolated at the FLOP values `grid` (inf / nan outside its range)."""
+    loss = np.full((runs.size, grid.size), np.inf)
+    tokens = np.full((runs.size, grid.size), np.nan)
+    lg = np.log(grid)
+    for r, (_, g) in enumerate(ck.groupby("run_id", sort=True)):
+        g = g.sort_values("C")
+        lc = np.log(g["C"].to_numpy(float))
+        inside = (lg >= lc[0] - 1e-12) & (lg <= lc[-1] + 1e-12)
+        if lc.size == 1:
+            inside = np.isclose(lg, lc[0])
+        loss[r, inside] = np.interp(lg[inside], lc, g["loss"].to_numpy(float))
+        tokens[r, inside] = np.exp(np.interp(lg[inside], lc, np.log(g["D"].to_numpy(float))))
+    return loss, tokens
+
+
+def _frontier(best: np.ndarray, N_run: np.ndarray, present: np.ndarray):
+    """Winner run per bin and whether the bin is censored, for each mask of present runs (B x R).
+
+    Returns winner (B x J, -1 if empty bin) and censored (B x J).
+    """
+    masked = np.where(present[:, :, None], best[None], np.inf)  # (B, R, J)
+    winner = np.argmin(masked, axis=1)
+    empty = ~np.isfinite(np.take_along_axis(masked, winner[:, None, :], 1)[:, 0, :])
+    has = np.isfinite(masked)
+    nmin = np.where(has, N_run[None, :, None], np.inf).min(1)  # smallest model with a checkpoint in the bin
+    nmax = np.where(has, N_run[None, :, None], -np.inf).max(1)
+    n_win = N_run[winner]
+    censored = (n_win <= nmin) | (n_win >= nmax)
+    winner = np.where(empty, -1, winner)
+    return winner, censored | empty
+
+
+def fit_envelope(metrics_df: pd.DataFrame, *, n_bins: int = 30, n_boot: int = 1000, seed: int = 0, k: float = 6.0,
+                 exclude_runs=None) -> EnvelopeFit:
+    """Approach 1 from per-checkpoint rows (columns N, flops or C, val_loss or loss, tokens or D, run_id).
+
+    D defaults to C/(k·N) when no tokens column is given. exclude_runs: run_ids to leave out (e.g. diverged).
+    Needs at least 3 runs of distinct N and at least 2 uncensored bins.
+    """
+    if n_bins < 2:
+        raise ConfigError("n_bins", "at least 2 log-spaced FLOP bins", n_bins)
+    ck = _checkpoints(metrics_df, k, exclude_runs)
+    runs, first = np.unique(ck["run_id"].to_numpy(), return_index=True)
+    N_run = ck["N"].to_numpy(float)[first]
+    if np.unique(N_run).size < 3:
+        raise ConfigError("envelope", "checkpoints from at least 3 runs of distinct model size N",
+                          f"{np.unique(N_run).size}")
+    lc = np.log(ck["C"].to_numpy(float))
+    grid = np.exp(np.linspace(lc.min(), lc.max(), n_bins))
+    best, tokens = _curves_on_grid(ck, runs, grid)
+    winner, censored = _frontier(best, N_run, np.ones((1, runs.size), bool))
+    winner, censored = winner[0], censored[0]
+    filled = winner >= 0
+    cols = np.arange(n_bins)
+    frontier = pd.DataFrame({
+        "C": grid,
+        "N": np.where(filled, N_run[winner], np.nan),
+        "D": np.where(filled, tokens[winner, cols], np.nan),
+        "loss": np.where(filled, best[winner, cols], np.nan),
+        "run_id": [runs[w] if w >= 0 else None for w in winner],
+        "censored": censored,
+    })[filled].reset_index(drop=True)
+    used = frontier[~frontier["censored"]]
+    if len(used) < 2:
+        raise ConfigError("envelope", "at least 2 FLOP bins won by a model that is neither the smallest nor the "
+                          "largest trained (add smaller/larger models or more checkpoints)", f"{len(used)} bins")
+    laws, boot_cols = {}, []
+    labels = {"N": ("N_opt(C)", "N_opt [params]"), "D": ("D_opt(C)", "D_opt [tokens]"), "L": ("L_opt(C)", "L_opt")}
+    boot = _bootstrap(grid, best, tokens, N_run, n_boot, seed) if n_boot else None
+    for key, col in (("N", "N"), ("D", "D"), ("L", "loss")):
+        samples = None
+        if boot is not None:
+            bi, bs = weighted_line(np.log(boot["C"]), np.log(boot[col]), boot["w"])
+            samples = np.column_stack([np.exp(bi), bs])
+            boot_cols.append(samples)
+        fit = _plain_law(used["C"].to_numpy(), used[col].to_numpy())
+        laws[key] = power_law_result(used["C"], used[col], fit[0], fit[1], samples, name=labels[key][0],
+                                     x_name="C [FLOPs]", y_name=labels[key][1], bootstrap="runs")
+    params = {"a": laws["N"].params["exponent"], "b": laws["D"].params["exponent"],
+              "N_coef": laws["N"].params["coef"], "D_coef": laws["D"].params["coef"],
+              "L_coef": laws["L"].params["coef"], "L_exponent": laws["L"].params["exponent"]}
+    all_samples = None
+    if boot is not None:
+        all_samples = np.column_stack([boot_cols[0][:, 1], boot_cols[1][:, 1], boot_cols[0][:, 0],
+                                       boot_cols[1][:, 0], boot_cols[2][:, 0], boot_cols[2][:, 1]])
+    intervals, stderr = samples_summary(all_samples, list(params))
+    diagnostics = {"n_runs": int(runs.size), "n_checkpoints": len(ck), "n_bins": n_bins, "n_used": len(used),
+                   "n_censored": int(frontier["censored"].sum()), "bootstrap": "runs", "k": k}
+    return EnvelopeFit(params=params, intervals=intervals, stderr=stderr, n_boot=n_boot, diagnostics=diagnostics,
+                       name="envelope (approach 1)", frontier=frontier, N_opt=laws["N"], D_opt=laws["D"],
+                       L_opt=laws["L"], samples=all_samples)
+
+
+def _plain_law(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    i, s = weighted_line(np.log(x), np.log(y), np.ones(len(x)))
+    return float(np.exp(i)), float(s)
+
+
+def _bootstrap(grid, best, tokens, N_run, n_boot: int, seed: int) -> dict:
+    """Frontier points (B x J arrays C, N, D, loss) and weights (1 = usable) for resampled sets of runs."""
+    present = bootstrap_counts(N_run.size, n_boot, seed) > 0  # duplicates do not change a minimum
+    winner, censored = _frontier(best, N_run, present)
+    cols = np.arange(grid.size)[None, :]
+    w_idx = np.where(winner >= 0, winner, 0)
+    return {"C": np.broadcast_to(grid, winner.shape), "N": N_run[w_idx], "D": tokens[w_idx, cols],
+            "loss": np.where(winner >= 0, best[w_idx, cols], np.nan), "w": (~censored).astype(float)}
