@@ -1,0 +1,372 @@
+"""Grid design: turn a SweepSpec into concrete runs whose realized FLOPs land on their budgets.
+
+For each budget C (FLOPs under `budgets.convention`):
+1. Models: the prior optimum N_opt(C) (Chinchilla's 20 tokens/param, or a fitted law), then `models_per_budget` targets
+   log-uniform over [N_opt / sqrt(spread), N_opt * sqrt(spread)] (or the explicit `grid.sizes`), each placed on a real
+   shape by `scaling.ladder.shape_for_params`; N below is the realized shape's count, not the target.
+2. Batch and steps: with F = flops_per_token(cfg, convention) and the target batch B0 (sequences), search integer
+   batches B in [B0 / batch_range, B0 * batch_range] (multiples of micro_batch_size) and steps S = round(C / (F B T))
+   for the pair with |S B T F / C - 1| <= tolerance (1%) and S >= min_steps, preferring B nearest B0 (in log), then the
+   smaller error. D = S B T tokens; the realized FLOPs S B T F are reported per run.
+3. LR x batch grid (optional `[hparams]`): at the chosen budgets, the model nearest N_opt (or every model) is also
+   run at each (lr, batch) pair, tagged kind "hparam"; batch and steps are solved again for each pair.
+
+Impossible runs: a budget too small for its smallest model to take one step at the smallest allowed batch is a
+ConfigError (it names the budget and the model), and so is a budget where no isoFLOP model is left. A single run that
+cannot reach `min_steps` (the largest models at the smallest budget, typically) is dropped with a warning and listed
+in `Plan.dropped`, so one edge of the grid does not block the sweep.
+
+Identical runs (the same full run config reached from two budgets or from both grids) are kept once: the first keeps
+its tags and records the other kinds under `tags["also"]`. `run_id` is the first 12 hex digits of the sha256 of the
+canonical JSON (sorted keys, no spaces) of the run's identity: the full resolved RunConfig without `out` and without
+the runtime-only keys (checkpoint cadence), so the same run gets the same id in any process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import heapq
+import json
+import math
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from scaling.config import ModelConfig
+from scaling.errors import ConfigError
+from sweeps.spec import SweepSpec, match_budget
+
+
+@dataclass
+class PlannedRun:
+    run_id: str  # sha256 of the run's canonical identity JSON, first 12 hex digits
+    budget: float  # target FLOPs under `flop_convention`
+    config: dict  # RunConfig-shaped (model/train/data/eval), without `out`; train.steps set exactly
+    N: int  # non-embedding params of the realized shape
+    N_total: int  # all params
+    shape: dict  # n_layer, d_model, n_heads, n_kv_heads, d_ff
+    D: int  # training tokens = steps * batch_size * seq_len
+    tokens_per_param: float  # D / N
+    batch_size: int  # sequences per optimizer step
+    batch_tokens: int  # tokens per optimizer step
+    lr: float  # peak learning rate
+    steps: int  # optimizer steps
+    flops: float  # realized FLOPs = flops_per_token[flop_convention] * D
+    flop_convention: str
+    flops_per_token: dict  # training FLOPs per token under every convention of scaling.accounting
+    prior_N_opt: float  # the prior's compute-optimal N at this budget (where the grid is centred)
+    tags: dict  # {"kind": "isoflop" | "hparam", "seed": s}, plus "also": [kinds] for merged duplicates
+    parent: dict | None = None  # reserved for branching: {"run_id": ..., "step": ...} to start from its checkpoint
+
+    @property
+    def flops_error(self) -> float:
+        """Realized FLOPs / budget - 1."""
+        return self.flops / self.budget - 1
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PlannedRun:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass
+class DroppedRun:
+    budget: float
+    N: int
+    shape: str
+    kind: str
+    lr: float
+    reason: str
+
+
+@dataclass
+class Plan:
+    runs: list[PlannedRun]
+    dropped: list[DroppedRun] = field(default_factory=list)
+
+
+def plan(spec: SweepSpec) -> list[PlannedRun]:
+    """The runs of the sweep, in order of budget then size; dropped runs are reported with `warnings.warn`."""
+    result = design(spec)
+    for d in result.dropped:
+        warnings.warn(f"dropped {d.kind} run at budget {d.budget:.3g} FLOPs, N={d.N:,} ({d.shape}): {d.reason}",
+                      stacklevel=2)
+    return result.runs
+
+
+def design(spec: SweepSpec) -> Plan:
+    """The runs and the dropped runs of the sweep (see the module docstring for the rules)."""
+    runs: list[PlannedRun] = []
+    dropped: list[DroppedRun] = []
+    for budget in spec.budgets.resolved():
+        n_opt = spec.grid.n_opt(budget)
+        models = place_models(spec, budget, n_opt)
+        check_one_step(spec, budget, models[0])
+        points = [(cfg, spec.train.lr_at(budget), spec.train.batch_at(budget, spec.model.seq_len), "isoflop")
+                  for cfg in models]
+        points += hparam_points(spec, budget, n_opt, models)
+        n_isoflop = 0
+        for seed in spec.train.seeds:
+            for cfg, lr, batch_target, kind in points:
+                run = make_run(spec, budget, n_opt, cfg, lr, batch_target, kind, seed)
+                if isinstance(run, DroppedRun):
+                    dropped.append(run)
+                else:
+                    runs.append(run)
+                    n_isoflop += kind == "isoflop"
+        if n_isoflop == 0:
+            raise ConfigError(_budget_field(spec), f"budgets where some model reaches grid.min_steps "
+                              f"({spec.grid.min_steps}); every model at this budget was dropped", budget)
+    return Plan(dedup(runs), dropped)
+
+
+def dedup(runs: list[PlannedRun]) -> list[PlannedRun]:
+    """Keep the first run of each run_id; the kinds of later duplicates go to its tags["also"]."""
+    kept: dict[str, PlannedRun] = {}
+    for run in runs:
+        first = kept.setdefault(run.run_id, run)
+        kind = run.tags["kind"]
+        if first is not run and kind != first.tags["kind"] and kind not in first.tags.get("also", []):
+            first.tags.setdefault("also", []).append(kind)
+    return list(kept.values())
+
+
+# ------------------------------------------------------------------------------------------------ models
+
+
+def place_models(spec: SweepSpec, budget: float, n_opt: float) -> list[ModelConfig]:
+    """Real shapes for the size targets at `budget`, distinct, smallest first."""
+    from scaling.accounting import count_params
+    from scaling.ladder import shape_for_params
+
+    g = spec.grid
+    if g.sizes is not None:
+        targets, where = [float(n) for n in g.sizes], "grid.sizes"
+    else:
+        k = g.models_per_budget
+        targets = [n_opt * g.spread ** (i / (k - 1) - 0.5) for i in range(k)] if k > 1 else [n_opt]
+        where = "grid.models_per_budget"
+    m = spec.model
+    options = {key: getattr(m, key) for key in ("head_dim", "aspect_ratio") if getattr(m, key) is not None}
+    shapes: list[ModelConfig] = []
+    for target in targets:
+        try:
+            cfg = shape_for_params(target, m.family, seq_len=m.seq_len, vocab_size=spec.vocab_size,
+                                   n_kv_heads_ratio=m.n_kv_heads_ratio, **options)
+        except ConfigError as e:
+            raise ConfigError(where, f"sizes the shape ladder can build (budget {budget:.3g} FLOPs, target "
+                              f"{target:,.0f} non-embedding params; ladder: {e})", target) from None
+        if cfg not in shapes:
+            shapes.append(cfg)
+    return sorted(shapes, key=lambda c: count_params(c)["non_embedding"])
+
+
+def hparam_points(spec: SweepSpec, budget: float, n_opt: float, models: list[ModelConfig]) -> list[tuple]:
+    """(cfg, lr, target batch in sequences, "hparam") for the LR x batch grid at this budget, if it has one."""
+    from scaling.accounting import count_params
+
+    h = spec.hparams
+    if h is None or (h.budgets is not None and match_budget(budget, [float(b) for b in h.budgets]) is None):
+        return []
+    if h.models == "optimum":
+        models = [min(models, key=lambda c: abs(math.log(count_params(c)["non_embedding"] / n_opt)))]
+    lr0, b0 = spec.train.lr_at(budget), spec.train.batch_at(budget, spec.model.seq_len)
+    lrs = h.lr or [lr0 * f for f in (h.lr_factors or [1.0])]
+    batches = [float(b) for b in h.batch_size] if h.batch_size else [b0 * f for f in (h.batch_factors or [1.0])]
+    return [(cfg, lr, b, "hparam") for cfg in models for lr in lrs for b in batches]
+
+
+# ------------------------------------------------------------------------------------------------ batch x steps
+
+
+def solve_batch_steps(
+    budget: float, flops_per_token: float, seq_len: int, target_batch: float, *, min_steps: int,
+    batch_range: float, tolerance: float, multiple: int = 1,
+) -> tuple[int, int] | str:
+    """(batch in sequences, steps) landing within `tolerance` of `budget` FLOPs, or the reason there is none.
+
+    Searches batches that are multiples of `multiple` within a factor `batch_range` of `target_batch`; the steps for
+    each are round(budget / (flops_per_token * batch * seq_len)). Prefers the batch nearest the target (in log).
+    """
+    tokens = budget / flops_per_token
+    lo, hi = batch_bounds(target_batch, batch_range, multiple)
+    best, most_steps = None, 0
+    for batch in range(lo, hi + 1, multiple):
+        steps = round(tokens / (batch * seq_len))
+        most_steps = max(most_steps, steps)
+        if steps < max(min_steps, 1):
+            continue
+        error = abs(steps * batch * seq_len * flops_per_token / budget - 1)
+        if error <= tolerance:
+            key = (abs(math.log(batch / target_batch)), error)
+            if best is None or key < best[0]:
+                best = (key, batch, steps)
+    if best is not None:
+        return best[1], best[2]
+    if most_steps < min_steps:
+        return f"at most {most_steps} steps (batch {lo} x {seq_len} tokens), fewer than grid.min_steps ({min_steps})"
+    return f"no batch in {lo}..{hi} sequences lands within {tolerance:.1%} of the budget"
+
+
+def batch_bounds(target_batch: float, batch_range: float, multiple: int = 1) -> tuple[int, int]:
+    """Smallest and largest batch (sequences, multiples of `multiple`) the search may use."""
+    lo = max(multiple, multiple * math.ceil(target_batch / batch_range / multiple - 1e-9))
+    hi = max(lo, multiple * math.floor(target_batch * batch_range / multiple + 1e-9))
+    return lo, hi
+
+
+def check_one_step(spec: SweepSpec, budget: float, smallest: ModelConfig) -> None:
+    """ConfigError naming the budget and model when one step of the smallest model at the smallest batch exceeds it."""
+    from scaling.accounting import count_params, flops_per_token
+
+    multiple = _micro_batch(spec)
+    lo, _ = batch_bounds(spec.train.batch_at(budget, spec.model.seq_len), spec.grid.batch_range, multiple)
+    one_step = flops_per_token(smallest, spec.budgets.convention) * lo * smallest.seq_len
+    if one_step > budget * (1 + spec.grid.tolerance):
+        n = count_params(smallest)["non_embedding"]
+        raise ConfigError(_budget_field(spec), f"budgets of at least one optimizer step of the smallest model "
+                          f"(N={n:,}, {shape_label(smallest)}, batch {lo} x {smallest.seq_len} tokens: "
+                          f"{one_step:.3g} FLOPs); budget {budget:.3g} FLOPs is too small", budget)
+
+
+def make_run(
+    spec: SweepSpec, budget: float, n_opt: float, cfg: ModelConfig, lr: float, batch_target: float, kind: str,
+    seed: int,
+) -> PlannedRun | DroppedRun:
+    """One planned run, or a DroppedRun saying why no batch x steps pair fits."""
+    from scaling.accounting import all_flops_per_token, count_params
+
+    convention = spec.budgets.convention
+    per_token = all_flops_per_token(cfg)
+    counts = count_params(cfg)
+    lr = float(f"{lr:.4g}")
+    solved = solve_batch_steps(budget, per_token[convention], cfg.seq_len, batch_target,
+                               min_steps=spec.grid.min_steps, batch_range=spec.grid.batch_range,
+                               tolerance=spec.grid.tolerance, multiple=_micro_batch(spec))
+    if isinstance(solved, str):
+        return DroppedRun(budget, counts["non_embedding"], shape_label(cfg), kind, lr, solved)
+    batch, steps = solved
+    every = spec.eval.every or max(1, steps // spec.eval.evals_per_run)
+    config = run_config(spec, cfg, lr=lr, batch=batch, steps=steps, seed=seed, every=every)
+    tokens = steps * batch * cfg.seq_len
+    return PlannedRun(
+        run_id=run_id_for(config), budget=budget, config=config, N=counts["non_embedding"], N_total=counts["total"],
+        shape={k: getattr(cfg, k) for k in ("n_layer", "d_model", "n_heads", "n_kv_heads", "d_ff")},
+        D=tokens, tokens_per_param=tokens / counts["non_embedding"], batch_size=batch,
+        batch_tokens=batch * cfg.seq_len, lr=lr, steps=steps, flops=per_token[convention] * tokens,
+        flop_convention=convention, flops_per_token=per_token, prior_N_opt=n_opt, tags={"kind": kind, "seed": seed},
+    )
+
+
+def run_config(spec: SweepSpec, cfg: ModelConfig, *, lr: float, batch: int, steps: int, seed: int, every: int) -> dict:
+    """The full resolved RunConfig dict (without `out`) the trainer will run, validated by its own loader."""
+    from scaling.runconfig import RunConfig
+
+    data = {"corpus": spec.data.corpus, "tokenizer": spec.data.tokenizer}
+    if spec.data.vocab_size is not None:
+        data["vocab_size"] = spec.data.vocab_size
+    train = {**spec.train.passthrough, "steps": steps, "lr": lr, "batch_size": batch, "seed": seed,
+             "flop_convention": spec.budgets.convention}
+    partial = {"model": cfg.to_dict(), "train": train, "data": data, "eval": {"every": every, "tokens": spec.eval.tokens}}
+    full = RunConfig.from_dict(partial).to_dict()
+    full.pop("out")
+    return full
+
+
+def run_id_for(config: dict) -> str:
+    """First 12 hex digits of sha256 over the canonical JSON of the run's identity (see the module docstring)."""
+    from scaling.runconfig import RunConfig
+
+    identity = RunConfig.from_dict(config).identity()
+    canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def shape_label(cfg: ModelConfig) -> str:
+    """e.g. "4x128 h4 ff512" (n_layer x d_model, heads, MLP width); "kv2" is added for grouped-query attention."""
+    kv = f" kv{cfg.n_kv_heads}" if cfg.n_kv_heads != cfg.n_heads else ""
+    return f"{cfg.n_layer}x{cfg.d_model} h{cfg.n_heads}{kv} ff{cfg.d_ff}"
+
+
+def _micro_batch(spec: SweepSpec) -> int:
+    micro = spec.train.passthrough.get("micro_batch_size")
+    return micro if isinstance(micro, int) and micro > 0 else 1
+
+
+def _budget_field(spec: SweepSpec) -> str:
+    return "budgets.values" if spec.budgets.values is not None else "budgets.min"
+
+
+# ------------------------------------------------------------------------------------------------ cost estimates
+
+
+def total_flops(runs: list[PlannedRun]) -> float:
+    """Sum of realized FLOPs (the sweep's convention)."""
+    return sum(r.flops for r in runs)
+
+
+def estimate_wall_time(runs: list[PlannedRun], throughput: float | Callable[[PlannedRun], float],
+                       concurrency: int) -> float:
+    """Seconds to run everything with `concurrency` runs at once, longest first onto the first free slot.
+
+    throughput: FLOP/s of one run (the sweep's convention), a number or a function of the run.
+    """
+    rate = throughput if callable(throughput) else (lambda run: throughput)
+    durations = sorted((r.flops / rate(r) for r in runs), reverse=True)
+    slots = [0.0] * max(1, min(concurrency, len(durations) or 1))
+    for d in durations:
+        heapq.heapreplace(slots, slots[0] + d)
+    return max(slots)
+
+
+def measure_throughput(spec: SweepSpec, runs: list[PlannedRun], steps: int = 3) -> Callable[[PlannedRun], float]:
+    """Time a few training steps of the smallest and largest model; return FLOP/s as a function of the run,
+    interpolated linearly in (log N, log FLOP/s) and held flat outside the measured range."""
+    by_n = sorted(runs, key=lambda r: r.N)
+    ends = [by_n[0], by_n[-1]] if by_n[0].N != by_n[-1].N else [by_n[0]]
+    measured = [(math.log(r.N), math.log(_time_steps(spec, r, steps))) for r in ends]
+
+    def rate(run: PlannedRun) -> float:
+        if len(measured) == 1:
+            return math.exp(measured[0][1])
+        (x0, y0), (x1, y1) = measured
+        t = min(1.0, max(0.0, (math.log(run.N) - x0) / (x1 - x0)))
+        return math.exp(y0 + t * (y1 - y0))
+
+    return rate
+
+
+def _time_steps(spec: SweepSpec, run: PlannedRun, steps: int) -> float:
+    """FLOP/s (sweep convention) of `steps` AdamW steps on random tokens, after one untimed warmup step."""
+    import torch
+
+    from scaling.model import build_model
+
+    cfg = ModelConfig.from_dict(run.config["model"])
+    device = "cuda" if spec.resources.gpus and torch.cuda.is_available() else "cpu"
+    if device == "cpu" and spec.backend.local.threads_per_run:
+        torch.set_num_threads(spec.backend.local.threads_per_run)
+    model = build_model(cfg).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    batch = min(run.batch_size, _micro_batch(spec) if _micro_batch(spec) > 1 else run.batch_size)
+    idx = torch.randint(0, cfg.vocab_size, (batch, cfg.seq_len + 1), device=device)
+    t0 = 0.0
+    for i in range(steps + 1):
+        if i == 1:
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+        logits = model(idx[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), idx[:, 1:].reshape(-1))
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - t0
+    return run.flops_per_token[run.flop_convention] * batch * cfg.seq_len * steps / elapsed
