@@ -69,7 +69,7 @@ class FitReport:
                 "target_budget": self.meta.get("target_budget"),
                 "rows": self.convention_sensitivity.to_dict("records"),
                 **_sensitivity_spread(self.convention_sensitivity)})
-        return d
+        return json_safe(d)  # NaN/inf (e.g. an overflowed bootstrap draw) become null
 
 
 def fit_all(source, *, laws="all", n_boot: int = 1000, seed: int = 0, columns: dict[str, str] | None = None,

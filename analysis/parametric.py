@@ -1,0 +1,499 @@
+"""Approach 3: fit L(N, D) = E + A/N^alpha + B/D^beta to final losses, with bootstrap uncertainty.
+
+Conventions (Hoffmann et al. 2022, as replicated by Besiroglu et al. 2024):
+- N = parameters, D = training tokens, L = final loss (nats/token); compute C = k * N * D FLOPs (k = 6 for "6N").
+- Fitted in log space: log L = logsumexp(a - alpha log N, b - beta log D, e) with A = exp(a), B = exp(b), E = exp(e).
+- Objective: the SUM over runs of Huber(delta) of the residuals log L_obs - log L_model (delta = 1e-3). The sum matters:
+  averaging shrinks the gradient 1/n-fold and L-BFGS then stops near its start point, as in the original paper.
+- Starts: the 4,500-point grid alpha, beta in {0, 0.5, ..., 2}, e in {-1, -0.5, ..., 1}, a, b in {0, 5, ..., 25}.
+
+The minimizer is a batched Levenberg-Marquardt written for this model (float64; torch for the elementwise work,
+one thread, rows in cache-sized chunks): every start moves at once, each with its own damping, and a step is kept
+only when the true objective decreases. Far from the optimum the step uses the IRLS matrix (the curvature of the
+quadratic that majorizes Huber: robust, but only linearly convergent along the flat B direction); near it, the exact
+Hessian (fast). Starts are run by successive halving (all starts _ROUND_ITERS iterations, then the better half, ...,
+down to _KEEP), the survivors converge, and the lowest objective wins (checked to match running every start to
+convergence on Epoch's data and on synthetic sets). On Epoch's 240 Chinchilla runs the 4,500-start fit takes ~0.6 s
+on one core and 1,000 bootstrap refits ~1.5 s, against ~60 s for a per-start scipy L-BFGS-B loop
+(benchmarks/bench_parametric.py). Converged means the predicted decrease
+g^T H^-1 g / 2 is below 1e-13 of the objective; when the best start is not converged, success is False.
+Bootstrap replicates are refitted together in one batch (run counts as per-row weights), each from the full-data
+optimum, the other distinct optima of the full fit and the grid starts of the best survivors; the best start of each
+replicate after a few iterations goes on to convergence.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from analysis.bootstrap import bootstrap_indices
+from analysis.result import FitResult, json_safe, percentile_interval
+from scaling.errors import ConfigError
+
+SAMPLE_COLUMNS = ("E", "A", "B", "alpha", "beta")  # columns of ParametricFit.samples
+
+_ROUND_ITERS = 3  # LM iterations per successive-halving round
+_KEEP = 64  # starts run to convergence after the halving rounds
+_MAX_ITER = 300  # Newton-phase LM iterations at most
+_RTOL = 1e-13  # converged when the predicted decrease is below _RTOL * objective
+_STALL_RTOL = 1e-9  # ... or when no step decreases it any more and the predicted decrease is below this
+_ATOL = 1e-25  # absolute floor on the predicted decrease (an exact fit has objective ~0; 1e-25 ~ residuals of 1e-12)
+_CHUNK = 512  # rows evaluated together (keeps the (rows, runs) temporaries in cache)
+
+
+def epoch_grid() -> np.ndarray:
+    """The 4,500 starts of Hoffmann et al. / Epoch; columns (a, b, e, alpha, beta) = (log A, log B, log E, alpha,
+    beta), the parameter order used for theta throughout this module."""
+    ab = np.arange(0.0, 25.1, 5.0)
+    e = np.arange(-1.0, 1.01, 0.5)
+    ex = np.arange(0.0, 2.01, 0.5)
+    mesh = np.meshgrid(ab, ab, e, ex, ex, indexing="ij")
+    return np.stack([m.ravel() for m in mesh], axis=1)
+
+
+class _Data:
+    """log N, log D, log L of the runs as float64 torch tensors, plus the column stacks the reductions need."""
+
+    def __init__(self, N: np.ndarray, D: np.ndarray, L: np.ndarray):
+        self.x1, self.x2, self.y = (torch.from_numpy(np.log(v)) for v in (N, D, L))
+        one = torch.ones_like(self.x1)
+        self.c1 = torch.stack([one, self.x1], 1)
+        self.c2 = torch.stack([one, self.x2], 1)
+        self.c11 = torch.stack([one, self.x1, self.x1 * self.x1], 1)
+        self.c22 = torch.stack([one, self.x2, self.x2 * self.x2], 1)
+        self.c12 = torch.stack([one, self.x1, self.x2, self.x1 * self.x2], 1)
+
+    @property
+    def n(self) -> int:
+        return len(self.y)
+
+
+def huber_objective(theta, N, D, L, delta: float = 1e-3) -> np.ndarray:
+    """Sum over runs of Huber(delta)(log L - log model) for each row of theta (columns log A, log B, log E, alpha,
+    beta): the objective fit_parametric minimizes."""
+    theta = np.atleast_2d(np.asarray(theta, dtype=float))
+    return _evaluate(theta, _Data(*_check_inputs(N, D, L)), None, delta, "none")[0]
+
+
+def _evaluate(theta, data: _Data, counts, delta, derivatives: str = "irls"):
+    """Objective f (S,) and, unless derivatives == "none", gradient g (S, 5), IRLS matrix H (S, 5, 5) and (when
+    derivatives == "newton") the exact Hessian K (S, 5, 5) for S rows of theta; K is None otherwise.
+
+    Works through the rows in chunks small enough for the CPU cache (the cost is memory traffic, not arithmetic).
+    counts: None (every run once) or an (S, n) array of run multiplicities (bootstrap).
+    """
+    parts = [_evaluate_chunk(theta[s:s + _CHUNK], data, None if counts is None else counts[s:s + _CHUNK], delta,
+                             derivatives) for s in range(0, len(theta), _CHUNK)]
+    return tuple(None if p[0] is None else np.concatenate(p) for p in zip(*parts))
+
+
+def _evaluate_chunk(theta, data: _Data, counts, delta, derivatives):
+    """One chunk of _evaluate.
+
+    With p the softmax weights of the three logsumexp terms and J_i = d log model_i / d theta =
+    (p1, p2, p3, -p1 log N, -p2 log D): g = -sum_i c_i psi(r_i) J_i with psi = clip(r, -delta, delta);
+    H = sum_i c_i w_i J_i J_i^T with w = psi / r = min(1, delta / |r|), the curvature of the quadratic that majorizes
+    Huber at the current residual (positive semi-definite; the IRLS / Gauss-Newton matrix); and the exact Hessian
+    K = sum_i c_i [(1{|r_i| <= delta} + psi_i) J_i J_i^T - psi_i P_i] with P_i = sum_k p_k v_k v_k^T, v_k the gradients
+    of the three terms (the second-order part of logsumexp).
+    """
+    th = torch.from_numpy(np.ascontiguousarray(theta))
+    a, b, e, alpha, beta = (th[:, j:j + 1] for j in range(5))
+    t1 = torch.addcmul(a - e, alpha, data.x1, value=-1.0)  # logsumexp terms relative to e: (S, n)
+    t2 = torch.addcmul(b - e, beta, data.x2, value=-1.0)
+    top = z3 = None
+    if max(float(t1.max()), float(t2.max())) > 700.0:  # exp would overflow: shift by the largest term
+        top = torch.clamp(torch.maximum(t1, t2), min=0.0)
+        t1 -= top
+        t2 -= top
+        z3 = torch.exp(-top)
+    z1, z2 = t1.exp_(), t2.exp_()
+    total = z1 + z2
+    total += 1.0 if z3 is None else z3
+    r = torch.log(total)
+    if top is not None:
+        r += top
+    r = r.neg_().add_(data.y).sub_(e)  # residual log L_obs - log L_model
+    psi = r.clamp(-delta, delta)
+    tmp = torch.add(r, psi, alpha=-0.5).mul_(psi)  # Huber(r) = psi * (r - psi / 2)
+    if counts is not None:
+        counts = torch.from_numpy(counts)
+        tmp.mul_(counts)
+    f = tmp.sum(1).numpy()
+    if derivatives == "none":
+        return f, None, None, None
+    inv = total.reciprocal_()
+    p = (z1.mul_(inv), z2.mul_(inv), inv if z3 is None else inv.mul_(z3))
+    u = None
+    if derivatives == "newton":  # weight of J J^T in the exact Hessian
+        u = (r.abs() <= delta).to(torch.float64).add_(psi)
+        if counts is not None:
+            u.mul_(counts)
+    w = r.abs_().clamp_(min=delta).reciprocal_().mul_(delta)
+    if counts is not None:
+        psi.mul_(counts)
+        w.mul_(counts)
+    S = len(theta)
+    g = torch.empty(S, 5, dtype=torch.float64)
+    m = torch.mul(psi, p[0], out=tmp) @ data.c11
+    g[:, 0], g[:, 3] = -m[:, 0], m[:, 1]
+    second = (m[:, 0], -m[:, 1], m[:, 2])  # sums of psi p1 v1 v1^T entries (0,0), (0,3), (3,3)
+    m = torch.mul(psi, p[1], out=tmp) @ data.c22
+    g[:, 1], g[:, 4] = -m[:, 0], m[:, 1]
+    second += (m[:, 0], -m[:, 1], m[:, 2])  # (1,1), (1,4), (4,4)
+    s3 = torch.mul(psi, p[2], out=tmp).sum(1)
+    g[:, 2] = -s3
+    H = _weighted_outer(w, p, psi, tmp, data)
+    K = None
+    if u is not None:
+        K = _weighted_outer(u, p, psi, tmp, data)
+        for (i, j), v in zip(((0, 0), (0, 3), (3, 3), (1, 1), (1, 4), (4, 4)), second):
+            K[:, i, j] -= v
+            if i != j:
+                K[:, j, i] -= v
+        K[:, 2, 2] -= s3
+        K = K.numpy()
+    return f, g.numpy(), H.numpy(), K
+
+
+def _weighted_outer(w, p, buf, tmp, data: _Data) -> torch.Tensor:
+    """sum_i w_i J_i J_i^T (S, 5, 5) for J = (p1, p2, p3, -p1 log N, -p2 log D); buf and tmp are scratch (S, n)."""
+    wp = torch.mul(w, p[0], out=buf)
+    m = torch.mul(wp, p[0], out=tmp) @ data.c11
+    h = {(0, 0): m[:, 0], (0, 3): -m[:, 1], (3, 3): m[:, 2]}
+    m = torch.mul(wp, p[1], out=tmp) @ data.c12
+    h.update({(0, 1): m[:, 0], (1, 3): -m[:, 1], (0, 4): -m[:, 2], (3, 4): m[:, 3]})
+    m = torch.mul(wp, p[2], out=tmp) @ data.c1
+    h.update({(0, 2): m[:, 0], (2, 3): -m[:, 1]})
+    wp = torch.mul(w, p[1], out=buf)
+    m = torch.mul(wp, p[1], out=tmp) @ data.c22
+    h.update({(1, 1): m[:, 0], (1, 4): -m[:, 1], (4, 4): m[:, 2]})
+    m = torch.mul(wp, p[2], out=tmp) @ data.c2
+    h.update({(1, 2): m[:, 0], (2, 4): -m[:, 1]})
+    h[(2, 2)] = torch.mul(w, p[2], out=tmp).mul_(p[2]).sum(1)
+    H = torch.empty(len(w), 5, 5, dtype=torch.float64)
+    for (i, j), v in h.items():
+        H[:, i, j] = v
+        H[:, j, i] = v
+    return H
+
+
+@contextmanager
+def _one_thread():
+    """Run torch on one thread: on a shared CPU extra threads for these small tensors cost more than they save."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def _damped_solve(M, H, g, lam):
+    """Solve (M + lam * D) p = -g per row, D = diag(H) floored so that flat directions still get damped."""
+    d = np.diagonal(H, axis1=1, axis2=2)
+    d = np.maximum(d, 1e-9 * d.max(axis=1, keepdims=True) + 1e-30)
+    A = M + (lam[:, None] * d)[:, :, None] * np.eye(5)
+    with np.errstate(all="ignore"):
+        try:
+            p = np.linalg.solve(A, -g[:, :, None])[:, :, 0]
+        except np.linalg.LinAlgError:  # a singular row: solve row by row, zero step where singular
+            p = np.array([_solve_or_zero(Ai, -gi) for Ai, gi in zip(A, g)])
+    p[~np.isfinite(p).all(axis=1)] = 0.0
+    return p
+
+
+def _solve_or_zero(A, rhs):
+    try:
+        return np.linalg.solve(A, rhs)
+    except np.linalg.LinAlgError:
+        return np.zeros_like(rhs)
+
+
+@dataclass
+class _Batch:
+    """State of a batch of LM minimizations, one row per start (counts: None or one row of run counts per start)."""
+
+    theta: np.ndarray
+    counts: np.ndarray | None
+    origin: np.ndarray  # index of the start each row began from
+    f: np.ndarray
+    g: np.ndarray
+    H: np.ndarray  # IRLS matrix (positive semi-definite)
+    K: np.ndarray | None  # exact Hessian (Newton mode only)
+    lam: np.ndarray  # LM damping per row
+    converged: np.ndarray
+    stalled: np.ndarray
+    iters: np.ndarray
+    decrement: np.ndarray  # last predicted decrease g^T H^-1 g / 2
+
+    def take(self, idx) -> _Batch:
+        return _Batch(**{k: None if v is None else v[idx] for k, v in vars(self).items()})
+
+
+def _start_batch(theta, counts, data: _Data, delta) -> _Batch:
+    theta = np.array(theta, dtype=float)
+    S = len(theta)
+    f, g, H, _ = _evaluate(theta, data, counts, delta)
+    return _Batch(theta, counts, np.arange(S), f, g, H, None, np.full(S, 1e-3), np.zeros(S, bool),
+                  np.zeros(S, bool), np.zeros(S, int), np.full(S, np.inf))
+
+
+def _iterate(batch: _Batch, data: _Data, delta, n_iter: int, newton: bool = False) -> None:
+    """Run up to n_iter LM iterations on the rows of `batch` that are neither converged nor stalled (in place).
+
+    Steps solve (M + lam diag(H)) p = -g with M = H (IRLS: robust far from the optimum, but only linearly
+    convergent along flat directions) or M = K (newton=True: fast near the optimum); a step is taken only if the
+    objective decreases, else lam grows 4x. Converged: the predicted decrease g^T H^-1 g / 2 is below
+    _RTOL * f + _ATOL.
+    Stalled: lam passed 1e12 with no accepted step; counted as converged if the decrease is below _STALL_RTOL * f.
+    """
+    mode = "newton" if newton else "irls"
+    if newton and batch.K is None:
+        batch.f, batch.g, batch.H, batch.K = _evaluate(batch.theta, data, batch.counts, delta, mode)
+    for _ in range(n_iter):
+        idx = np.flatnonzero(~(batch.converged | batch.stalled))
+        if idx.size == 0:
+            return
+        f, g, H, lam = batch.f[idx], batch.g[idx], batch.H[idx], batch.lam[idx]
+        dec = 0.5 * np.einsum("si,si->s", -g, _damped_solve(H, H, g, np.full(len(idx), 1e-12)))
+        batch.decrement[idx] = dec
+        done = (dec <= _RTOL * f + _ATOL) | ~np.isfinite(f)
+        batch.converged[idx[done]] = True
+        idx, f, g, H, lam = idx[~done], f[~done], g[~done], H[~done], lam[~done]
+        if idx.size == 0:
+            return
+        M = batch.K[idx] if newton else H
+        trial = batch.theta[idx] + _damped_solve(M, H, g, lam)
+        counts = None if batch.counts is None else batch.counts[idx]
+        with np.errstate(all="ignore"):
+            ft, gt, Ht, Kt = _evaluate(trial, data, counts, delta, mode)
+        ok = np.isfinite(ft) & (ft < f)
+        acc, rej = idx[ok], idx[~ok]
+        batch.theta[acc], batch.f[acc], batch.g[acc], batch.H[acc] = trial[ok], ft[ok], gt[ok], Ht[ok]
+        if newton:
+            batch.K[acc] = Kt[ok]
+        batch.lam[acc] = np.maximum(lam[ok] / 3.0, 1e-9)
+        batch.lam[rej] = lam[~ok] * 4.0
+        batch.iters[idx] += 1
+        stuck = rej[batch.lam[rej] > 1e12]
+        batch.stalled[stuck] = True
+        batch.converged[stuck] = batch.decrement[stuck] <= _STALL_RTOL * batch.f[stuck] + _ATOL
+
+
+def _minimize_starts(starts, data: _Data, delta) -> _Batch:
+    """Successive halving over `starts` with IRLS steps (all run _ROUND_ITERS iterations, the better half goes on,
+    ...), then the best _KEEP converge with Newton steps; returns the survivors sorted best first."""
+    batch = _start_batch(starts, None, data, delta)
+    while len(batch.theta) > _KEEP:
+        _iterate(batch, data, delta, _ROUND_ITERS)
+        batch = batch.take(_best_first(batch.f)[:max(_KEEP, len(batch.f) // 2)])
+    _iterate(batch, data, delta, _ROUND_ITERS)
+    _iterate(batch, data, delta, _MAX_ITER, newton=True)
+    return batch.take(_best_first(batch.f))
+
+
+def _best_first(f: np.ndarray) -> np.ndarray:
+    return np.argsort(np.where(np.isfinite(f), f, np.inf), kind="stable")
+
+
+def _diverse_starts(batch: _Batch, starts: np.ndarray, n_optima: int = 3, n_grid: int = 4) -> np.ndarray:
+    """Extra starts for bootstrap refits: up to n_optima other distinct converged optima of a best-first batch
+    (differing by > 1e-3 in some of log A, log B, log E, alpha, beta) and the grid starts of its n_grid best rows."""
+    optima = [batch.theta[0]]
+    for theta, ok in zip(batch.theta[1:], batch.converged[1:]):
+        if len(optima) > n_optima:
+            break
+        if ok and np.isfinite(theta).all() and all(np.abs(theta - t).max() > 1e-3 for t in optima):
+            optima.append(theta)
+    grid = starts[batch.origin[:n_grid]]
+    return np.vstack([np.reshape(optima[1:], (-1, 5)), grid])
+
+
+def _natural(theta) -> np.ndarray:
+    """Rows (a, b, e, alpha, beta) -> rows (E, A, B, alpha, beta)."""
+    theta = np.atleast_2d(theta)
+    return np.column_stack([np.exp(theta[:, 2]), np.exp(theta[:, 0]), np.exp(theta[:, 1]), theta[:, 3], theta[:, 4]])
+
+
+def allocation_constants(alpha, beta, A, B):
+    """(a, b, G) with a = beta/(alpha+beta), b = alpha/(alpha+beta), G = (alpha A / (beta B))^(1/(alpha+beta)).
+
+    Works elementwise on arrays; NaN where alpha + beta <= 0 or alpha A / (beta B) <= 0 (no interior optimum).
+    """
+    alpha, beta, A, B = (np.asarray(v, dtype=float) for v in (alpha, beta, A, B))
+    s = alpha + beta
+    with np.errstate(all="ignore"):
+        ratio = alpha * A / (beta * B)
+        ok = (s > 0) & (ratio > 0)
+        a = np.where(ok, beta / s, np.nan)
+        b = np.where(ok, alpha / s, np.nan)
+        G = np.where(ok, ratio ** (1.0 / s), np.nan)
+    return a, b, G
+
+
+@dataclass(repr=False)
+class ParametricFit(FitResult):
+    """L(N, D) = E + A/N^alpha + B/D^beta (N params, D tokens, L nats/token) with C = k N D FLOPs.
+
+    params: E, A, B, alpha, beta, a (N_opt ~ C^a), b (D_opt ~ C^b), G (allocation constant).
+    samples: (n_boot, 5) bootstrap draws of (E, A, B, alpha, beta), see SAMPLE_COLUMNS.
+    """
+
+    k: float = 6.0
+    samples: np.ndarray = field(default_factory=lambda: np.empty((0, 5)))
+    name: str = "parametric L(N, D) = E + A/N^alpha + B/D^beta"
+
+    def predict(self, N, D) -> np.ndarray:
+        """Loss at N parameters and D tokens (arrays broadcast)."""
+        p = self.params
+        N, D = np.asarray(N, dtype=float), np.asarray(D, dtype=float)
+        return p["E"] + p["A"] * N ** -p["alpha"] + p["B"] * D ** -p["beta"]
+
+    def optimal_allocation(self, C) -> tuple[np.ndarray, np.ndarray]:
+        """Compute-optimal (N_opt, D_opt) for C FLOPs under C = k N D: N_opt = G (C/k)^a, D_opt = (C/k)^b / G."""
+        p = self.params
+        ck = np.asarray(C, dtype=float) / self.k
+        return p["G"] * ck ** p["a"], ck ** p["b"] / p["G"]
+
+    def to_dict(self) -> dict:
+        d = super().to_dict()
+        d["k"] = self.k
+        d["samples"] = json_safe([[float(f"{v:.6g}") for v in row] for row in np.asarray(self.samples, dtype=float)])
+        return d
+
+
+def _check_inputs(N, D, L) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    arrays = []
+    for name, v in (("N", N), ("D", D), ("L", L)):
+        try:
+            arr = np.asarray(v, dtype=float).ravel()
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(name, "an array of numbers", type(v).__name__) from exc
+        bad = ~(np.isfinite(arr) & (arr > 0))
+        if bad.any():
+            raise ConfigError(name, "finite positive values (parameters, tokens, loss)",
+                              f"{int(bad.sum())} non-positive or non-finite of {arr.size}")
+        arrays.append(arr)
+    lengths = {name: len(a) for name, a in zip("NDL", arrays)}
+    if len(set(lengths.values())) > 1:
+        raise ConfigError("N, D, L", "arrays of the same length", lengths)
+    if lengths["N"] < 5:
+        raise ConfigError("N, D, L", "at least 5 runs (the model has 5 parameters: E, A, B, alpha, beta)",
+                          lengths["N"])
+    return tuple(arrays)
+
+
+def _starts(grid) -> np.ndarray:
+    if isinstance(grid, str):
+        if grid != "epoch":
+            raise ConfigError("grid", "'epoch' or an array of starts with columns (a, b, e, alpha, beta)", grid)
+        return epoch_grid()
+    starts = np.asarray(grid, dtype=float)
+    if starts.ndim != 2 or starts.shape[1] != 5 or len(starts) == 0 or not np.isfinite(starts).all():
+        raise ConfigError("grid", "an (n_starts, 5) array of finite (log A, log B, log E, alpha, beta)", starts.shape)
+    return starts
+
+
+def _bootstrap_groups(bootstrap: str, budgets, n: int):
+    if bootstrap == "runs":
+        return None
+    if bootstrap != "budgets":
+        raise ConfigError("bootstrap", "'runs' or 'budgets'", bootstrap)
+    if budgets is None:
+        raise ConfigError("budgets", "one budget label per run when bootstrap='budgets'")
+    groups = np.asarray(budgets).ravel()
+    if len(groups) != n:
+        raise ConfigError("budgets", f"one budget label per run ({n})", len(groups))
+    if len(np.unique(groups)) < 2:
+        raise ConfigError("budgets", "at least 2 distinct budgets to resample whole budgets", len(np.unique(groups)))
+    return groups
+
+
+def _bootstrap_refits(theta_hat, extra_starts, data: _Data, delta, index_sets) -> tuple[np.ndarray, np.ndarray]:
+    """Refit every bootstrap resample at once; returns theta (R, 5) and converged flags (R,).
+
+    Each resample starts from theta_hat and from extra_starts (other local optima of the full fit). All
+    (resample, start) pairs form one LM batch with per-row run counts; after 2 * _ROUND_ITERS iterations the best
+    start of each resample goes on to convergence.
+    """
+    starts = np.vstack([np.atleast_2d(theta_hat), np.reshape(extra_starts, (-1, 5))])
+    n_s = len(starts)
+    counts = np.array([np.bincount(idx, minlength=data.n) for idx in index_sets], dtype=float)
+    R = len(counts)
+    batch = _start_batch(np.tile(starts, (R, 1)), np.repeat(counts, n_s, axis=0), data, delta)
+    if n_s > 1:
+        _iterate(batch, data, delta, 2 * _ROUND_ITERS)
+        f = np.where(np.isfinite(batch.f), batch.f, np.inf).reshape(R, n_s)
+        batch = batch.take(np.arange(R) * n_s + np.argmin(f, axis=1))
+    _iterate(batch, data, delta, _MAX_ITER, newton=True)
+    return batch.theta, batch.converged
+
+
+def fit_parametric(N, D, L, *, k: float = 6.0, delta: float = 1e-3, grid="epoch", n_boot: int = 0, seed: int = 0,
+                   bootstrap: str = "runs", budgets=None) -> ParametricFit:
+    """Fit L = E + A/N^alpha + B/D^beta (N params, D tokens, L loss) by summed Huber loss on log L.
+
+    k: FLOPs per parameter per token (C = k N D) for the allocation constants. grid: "epoch" (4,500 starts) or an
+    (n, 5) array of starts (log A, log B, log E, alpha, beta). n_boot: bootstrap refits (0 = none); bootstrap="runs"
+    resamples runs, "budgets" resamples whole budgets (needs `budgets`, one label per run). success is False when
+    the best start did not converge; bootstrap replicates that did not converge are dropped and counted
+    (diagnostics n_boot_failed). diagnostics: objective (summed Huber), n_starts, converged, iterations, grad_norm
+    (max |gradient| of the objective at the optimum), huber_delta, n_points, rmse_log (RMS of log residuals).
+    """
+    N, D, L = _check_inputs(N, D, L)
+    if not (np.isfinite(k) and k > 0):
+        raise ConfigError("k", "a positive number of FLOPs per parameter per token", k)
+    if not (np.isfinite(delta) and delta > 0):
+        raise ConfigError("delta", "a positive Huber threshold", delta)
+    if n_boot < 0:
+        raise ConfigError("n_boot", "a non-negative number of bootstrap refits", n_boot)
+    groups = _bootstrap_groups(bootstrap, budgets, len(N))
+    starts = _starts(grid)
+    data = _Data(N, D, L)
+    with _one_thread():
+        best = _minimize_starts(starts, data, delta)
+    theta = best.theta[0]
+    E, A, B, alpha, beta = (float(v) for v in _natural(theta)[0])
+    a, b, G = (float(v) for v in allocation_constants(alpha, beta, A, B))
+    params = {"E": E, "A": A, "B": B, "alpha": alpha, "beta": beta, "a": a, "b": b, "G": G}
+    residuals = np.log(L) - np.log(E + A * N ** -alpha + B * D ** -beta)
+    success, message = bool(best.converged[0]), ""
+    if not success:
+        message = (f"best start did not converge (predicted decrease {best.decrement[0]:.3g} at objective "
+                   f"{best.f[0]:.6g} after {best.iters[0]} iterations)")
+    elif not np.isfinite(G):
+        message = "alpha + beta <= 0: no compute-optimal allocation"
+    diagnostics = {
+        "objective": float(best.f[0]), "n_starts": len(starts), "n_refined": len(best.theta),
+        "n_converged": int(best.converged.sum()), "converged": success, "iterations": int(best.iters[0]),
+        "grad_norm": float(np.abs(best.g[0]).max()), "huber_delta": delta, "n_points": len(N),
+        "rmse_log": float(np.sqrt(np.mean(residuals ** 2))), "sample_columns": list(SAMPLE_COLUMNS),
+        "bootstrap": bootstrap,
+    }
+    fit = ParametricFit(params=params, diagnostics=diagnostics, success=success, message=message, k=float(k))
+    if n_boot and not success:
+        fit.diagnostics["bootstrap_skipped"] = "the full-data fit did not converge"
+    elif n_boot:
+        with _one_thread():
+            _add_bootstrap(fit, theta, _diverse_starts(best, starts), data, delta, n_boot, seed, groups)
+    return fit
+
+
+def _add_bootstrap(fit: ParametricFit, theta, extra, data, delta, n_boot, seed, groups) -> None:
+    index_sets = bootstrap_indices(data.n, n_boot, seed, groups)
+    thetas, ok = _bootstrap_refits(theta, extra, data, delta, index_sets)
+    samples = _natural(thetas[ok])
+    a, b, G = allocation_constants(samples[:, 3], samples[:, 4], samples[:, 1], samples[:, 2])
+    columns = dict(zip(SAMPLE_COLUMNS, samples.T)) | {"a": a, "b": b, "G": G}
+    fit.samples = samples
+    fit.n_boot = int(ok.sum())
+    fit.intervals = {name: percentile_interval(v) for name, v in columns.items()}
+    fit.stderr = {name: float(np.nanstd(v, ddof=1)) if np.isfinite(v).sum() > 1 else float("nan")
+                  for name, v in columns.items()}
+    fit.diagnostics["n_boot_requested"] = n_boot
+    fit.diagnostics["n_boot_failed"] = int((~ok).sum())
