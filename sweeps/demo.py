@@ -1,0 +1,205 @@
+"""`scaling demo`: the whole product on the CPU, offline — plan, train, fit, backtest, recommend, report.
+
+It runs the `tiny-cpu` preset (byte-level GPT-2 models on the standard-library corpus) through the `local` backend in
+two stages, the adaptive design a careful researcher would use:
+
+1. The two smallest budgets are placed around the Chinchilla prior (20 tokens per parameter) with a wide spread.
+2. A quick isoFLOP fit of those budgets moves the prior: N_opt = coef * C^exponent, anchored at the geometric mean of
+   the measured optima, with the exponent taken from the two budgets but kept within [0.35, 0.65] (two points
+   cannot pin it down better). The larger budgets are then placed around that prediction, so their minima are
+   interior rather than on the edge of the grid.
+
+Both stages share one store (`--out`, default results/demo), so a second invocation trains nothing and reproduces the
+same fits. Then it fits everything (approach 2 and 3, L(C), the LR law, with bootstrap intervals), backtests by
+refitting without the largest budget, recommends a configuration for 100x the largest budget, and writes the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+PRESET = "tiny-cpu"
+TARGET_FACTOR = 100.0  # recommend for this multiple of the largest trained budget
+EXPONENT_RANGE = (0.35, 0.65)  # the stage-2 prior exponent is clipped into this range
+# --quick: a smaller sweep (3 budgets spanning 4x, 3 models each) for tests and a first look, about a minute.
+QUICK_OVERRIDES = [
+    "budgets.values=[5e9, 1e10, 2e10]",
+    "grid.models_per_budget=3",
+    "grid.spread=3.0",
+    "grid.min_steps=10",
+    "hparams.budgets=[5e9]",
+    "eval.evals_per_run=3",
+    "eval.tokens=4096",
+]
+
+
+def demo_spec(name: str, quick: bool, overrides: list[str] | tuple[str, ...] = ()):
+    """The demo's sweep spec: the tiny-cpu preset, renamed to the output folder, optionally reduced."""
+    from sweeps.spec import load_spec
+
+    return load_spec(PRESET, [f'name="{name}"', *(QUICK_OVERRIDES if quick else []), *overrides])
+
+
+def stage_specs(spec, prior: tuple[float, float] | None):
+    """Split `spec` into stage 1 (two smallest budgets, the spec's own prior) and stage 2 (the rest, around `prior`)."""
+    from sweeps.spec import validate_spec
+
+    budgets = spec.budgets.resolved()
+    first = copy.deepcopy(spec)
+    first.budgets.values, first.budgets.min, first.budgets.max, first.budgets.count = budgets[:2], None, None, None
+    if first.hparams is not None and first.hparams.budgets:
+        first.hparams.budgets = [b for b in first.hparams.budgets if any(math.isclose(b, x, rel_tol=0.02)
+                                                                         for x in budgets[:2])] or None
+    second = None
+    if len(budgets) > 2:
+        second = copy.deepcopy(spec)
+        second.budgets.values, second.budgets.min, second.budgets.max, second.budgets.count = \
+            budgets[2:], None, None, None
+        if second.hparams is not None:
+            keep = [b for b in (second.hparams.budgets or budgets) if b not in first.budgets.values]
+            second.hparams.budgets = keep or None
+            if not keep:
+                second.hparams = None
+        if prior is not None:
+            second.grid.prior_coef, second.grid.prior_exponent = prior
+        validate_spec(second)
+    return validate_spec(first), second
+
+
+def adapted_prior(runs) -> tuple[float, float] | None:
+    """N_opt = coef * C^exponent from a quick isoFLOP fit of the stage-1 runs (None when the fit is unusable)."""
+    from analysis.isoflop import fit_isoflop
+    from analysis.backtest import select_size_runs
+    from scaling.errors import ConfigError
+
+    try:
+        fit = fit_isoflop(select_size_runs(runs), n_boot=0)
+    except ConfigError:
+        return None
+    b = fit.budgets
+    b = b[b["used"]] if "used" in b else b
+    if len(b) < 1:
+        return None
+    logc, logn = np.log(b["budget"].to_numpy(float)), np.log(b["N_opt"].to_numpy(float))
+    exponent = float(fit.params["a"]) if len(b) >= 2 and math.isfinite(fit.params.get("a", math.nan)) else 0.5
+    exponent = float(np.clip(exponent, *EXPONENT_RANGE))
+    coef = float(np.exp(np.mean(logn - exponent * logc)))
+    return coef, exponent
+
+
+def train_stage(spec, results_root: Path, log) -> list[str]:
+    """Train the stage's runs that are not finished yet (local backend, waiting); return the submitted run ids."""
+    from sweeps.launch import launch
+
+    res = launch(spec, backend="local", results=results_root, wait=True, progress=True)
+    log(res.summary())
+    return list(res.submitted)
+
+
+def run_demo(out: str | Path = "results/demo", *, quick: bool = False, n_boot: int = 1000,
+             overrides: list[str] | tuple[str, ...] = (), log=print) -> dict:
+    """Run the whole demo into `out`; return a dict with the report, recommendation, timings and paths."""
+    from analysis.data import load_runs
+    from analysis.recommend import recommend
+    from analysis.report import fit_all, write_report
+
+    t0 = time.perf_counter()
+    out = Path(out)
+    spec = demo_spec(out.name, quick, overrides)
+    stage1, _ = stage_specs(spec, None)
+    log(f"stage 1: budgets {_budgets(stage1)} around the prior of {spec.grid.tokens_per_param:g} tokens/param")
+    submitted = train_stage(stage1, out.parent, log)
+    prior = adapted_prior(load_runs(out))
+    _, stage2 = stage_specs(spec, prior)
+    if stage2 is not None:
+        if prior:
+            log(f"stage 2: budgets {_budgets(stage2)} around N_opt = {prior[0]:.3g} * C^{prior[1]:.3f} "
+                "(fitted on stage 1)")
+        submitted += train_stage(stage2, out.parent, log)
+    t_train = time.perf_counter() - t0
+
+    report = fit_all(out, n_boot=n_boot, parametric_n_boot=min(n_boot, 200) if quick else None)
+    target = TARGET_FACTOR * float(report.meta["max_budget"])
+    report_path = write_report(report, out / "report", target_budget=target)
+    rec = recommend(report, target)
+    t_total = time.perf_counter() - t0
+    log(terminal_summary(report, rec, report_path, t_train, t_total))
+    return {"submitted": submitted, "report": report, "recommendation": rec, "report_path": report_path, "train_s": t_train,
+            "total_s": t_total, "prior": prior}
+
+
+def terminal_summary(report, rec, report_path: Path, t_train: float, t_total: float) -> str:
+    """The short summary printed at the end: exponents with intervals, backtest errors, recommendation, paths."""
+    lines = ["", "=" * 78, "scaling demo: results", "=" * 78]
+    fits = report.fits
+    if "isoflop" in fits:
+        f = fits["isoflop"]
+        lines.append("approach 2 (isoFLOP):  N_opt ∝ C^a, D_opt ∝ C^b   (C = 6ND FLOPs, N non-embedding params)")
+        lines.append(f"  a = {_ci(f, 'a')}   b = {_ci(f, 'b')}")
+        flagged = [f"{r.budget:.3g}: {', '.join(r.flags)}" for r in f.budgets.itertuples() if r.flags]
+        lines.append("  edge/too-few-point flags: " + ("; ".join(flagged) if flagged else "none"))
+    if "parametric" in fits:
+        f = fits["parametric"]
+        lines.append("approach 3 (parametric):  L(N, D) = E + A/N^alpha + B/D^beta   (loss in nats/byte)")
+        lines.append(f"  E = {_ci(f, 'E')}   alpha = {_ci(f, 'alpha')}   beta = {_ci(f, 'beta')}   "
+                     f"a = {_ci(f, 'a')}")
+    if "loss_vs_compute" in fits:
+        f = fits["loss_vs_compute"]
+        pref = f.diagnostics.get("preferred", "?")
+        lines.append(f"L(C) = E + A*C^-gamma:  E = {_ci(f, 'E')}   gamma = {_ci(f, 'gamma')}   (preferred over a pure "
+                     f"power law: {'yes' if pref == 'saturating' else 'no'})")
+    if "hyperparams" in fits:
+        f = fits["hyperparams"]
+        lines.append(f"LR law:  lr_opt = k * C^e   e = {_ci(f, 'lr_exponent')}")
+    if report.backtest is not None:
+        lines.append("backtest (refit without the largest budget, predict it):")
+        for row in _backtest_rows(report.backtest):
+            lines.append("  " + row)
+    lines.append(f"recommendation for C = {rec.params['budget'] if 'budget' in rec.params else 0:.3g} FLOPs:")
+    lines += ["  " + line for line in rec.summary().splitlines()[1:]]
+    lines.append(f"report: {report_path}")
+    lines.append(f"time: training {t_train:.0f} s, total {t_total:.0f} s ({t_total / 60:.1f} min)")
+    return "\n".join(lines)
+
+
+def _backtest_rows(bt) -> list[str]:
+    d = bt.to_dict()
+    rows = d.get("held_out") or d.get("rows") or []
+    out = []
+    for r in rows:
+        parts = [f"C = {r.get('budget', float('nan')):.3g}"]
+        for key, label in (("loss_rel_error", "optimal loss"), ("N_opt_rel_error", "N_opt"),
+                           ("D_opt_rel_error", "D_opt")):
+            if r.get(key) is not None:
+                parts.append(f"{label} error {100 * r[key]:+.1f}%")
+        out.append(", ".join(parts))
+    return out or [bt.summary()]
+
+
+def _ci(fit, name: str) -> str:
+    v = fit.params.get(name, math.nan)
+    if name in fit.intervals:
+        lo, hi = fit.intervals[name]
+        return f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
+    return f"{v:.3f}"
+
+
+def _budgets(spec) -> str:
+    return ", ".join(f"{b:.3g}" for b in spec.budgets.resolved())
+
+
+def main(args: argparse.Namespace) -> int:
+    """Entry point of `scaling demo`."""
+    run_demo(args.out, quick=args.quick, n_boot=100 if args.quick else 1000)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main(argparse.Namespace(out="results/demo", quick="--quick" in sys.argv)))

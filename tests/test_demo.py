@@ -1,0 +1,87 @@
+"""End to end: a reduced `scaling demo` (about a minute on 2 cores) plans, trains, fits, reports, and resumes."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from sweeps.demo import run_demo
+from sweeps.store import Store
+
+
+def _finite_numbers(obj):
+    if isinstance(obj, dict):
+        for v in obj.values():
+            yield from _finite_numbers(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _finite_numbers(v)
+    elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
+        yield obj
+
+
+@pytest.fixture(scope="module")
+def demo_runs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    first = run_demo(out, quick=True, n_boot=50, log=lambda *a: None)
+    second = run_demo(out, quick=True, n_boot=50, log=lambda *a: None)
+    return out, first, second
+
+
+def test_every_planned_run_completed(demo_runs):
+    out, first, _ = demo_runs
+    store = Store(out)
+    planned = json.loads((out / "plan.json").read_text())
+    run_ids = [r["run_id"] for r in (planned["runs"] if isinstance(planned, dict) else planned)]
+    assert len(run_ids) >= 9  # 3 budgets x 3 models at least
+    assert sorted(run_ids) == sorted(first["submitted"])
+    for run_id in run_ids:
+        assert store.run_state(run_id) == "completed", run_id
+        summary = json.loads((store.run_dir(run_id) / "summary.json").read_text())
+        assert math.isfinite(summary["val_loss"])
+
+
+def test_fit_json_has_finite_parameters_and_intervals(demo_runs):
+    out, first, _ = demo_runs
+    fit = json.loads((first["report_path"].parent / "fit.json").read_text())
+    fitted = [law for law in ("isoflop", "parametric") if law in fit]
+    assert fitted, f"neither isoflop nor parametric was fitted: {fit['meta'].get('skipped')}"
+    for law in fitted:
+        member = fit[law]
+        assert member["intervals"], law
+        for name, (lo, hi) in member["intervals"].items():
+            assert lo is not None and hi is not None and math.isfinite(lo) and math.isfinite(hi), (law, name)
+            assert lo <= hi
+    if "parametric" in fit:
+        for key in ("E", "A", "B", "alpha", "beta", "a", "b"):
+            assert math.isfinite(fit["parametric"][key]) and fit["parametric"][key] >= 0, key
+    rec = first["recommendation"].to_dict()
+    for key in ("N", "D", "lr", "batch_size_tokens", "steps", "expected_loss"):
+        assert math.isfinite(rec[key]) and rec[key] > 0, key
+
+
+def test_report_files_exist(demo_runs):
+    out, first, _ = demo_runs
+    report_dir = Path(first["report_path"]).parent
+    assert (report_dir / "report.md").stat().st_size > 500
+    assert (report_dir / "fit.json").exists()
+    pngs = sorted(report_dir.glob("*.png"))
+    assert len(pngs) >= 3 and all(p.stat().st_size > 5000 for p in pngs)
+    text = (report_dir / "report.md").read_text()
+    for png in pngs:
+        if png.name in text:
+            break
+    else:
+        raise AssertionError("report.md embeds none of the figures")
+
+
+def test_second_invocation_trains_nothing_new(demo_runs):
+    _, first, second = demo_runs
+    assert first["submitted"] and second["submitted"] == []
+    assert second["prior"] == first["prior"]
+    a = first["report"].to_dict()
+    b = second["report"].to_dict()
+    for law in ("isoflop", "parametric"):
+        if law in a:
+            assert b[law]["intervals"] == a[law]["intervals"]
