@@ -182,9 +182,13 @@ def _fit_envelope(df: pd.DataFrame, n_boot: int, seed: int):
 
 
 def hyperparam_runs(df: pd.DataFrame) -> pd.DataFrame:
-    """Runs for the LR/batch fits: the `kind == "hparam"` runs when the table says so, else every run."""
+    """Runs for the LR/batch fits: every run at a (budget, N) that has `kind == "hparam"` runs when the table says so
+    (the grid's centre is usually shared with the isoFLOP run of that size and kept under kind "isoflop"), else every
+    run."""
     if "kind" in df.columns and (df["kind"].astype(str) == "hparam").any():
-        return df[df["kind"].astype(str) == "hparam"]
+        hp = df[df["kind"].astype(str) == "hparam"]
+        keys = set(zip(hp["budget"], hp["N"]))
+        return df[[(b, n) in keys for b, n in zip(df["budget"], df["N"])]]
     return df
 
 

@@ -19,9 +19,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Plan compute-optimal sweeps, train small GPT/Llama models, fit scaling laws, recommend a config.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    from analysis import cli as analysis_cli
     from scaling import commands
     from sweeps import cli as sweeps_cli
-    from analysis import cli as analysis_cli
 
     sweeps_cli.register_demo(sub)
     commands.register(sub)

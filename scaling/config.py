@@ -35,7 +35,7 @@ class ModelConfig:
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
 
-    def validate(self) -> "ModelConfig":
+    def validate(self) -> ModelConfig:
         """Raise ConfigError naming the first bad field; return self when all is well."""
         if self.family not in FAMILIES:
             raise ConfigError("model.family", f"one of {FAMILIES}", self.family)
@@ -62,7 +62,7 @@ class ModelConfig:
         return self
 
     @classmethod
-    def from_dict(cls, d: dict, prefix: str = "model") -> "ModelConfig":
+    def from_dict(cls, d: dict, prefix: str = "model") -> ModelConfig:
         """Build and validate from a plain dict (e.g. a TOML section); unknown keys and wrong types are errors."""
         fields = {f.name: f for f in dataclasses.fields(cls)}
         for key in d:

@@ -75,20 +75,23 @@ def stage_specs(spec, prior: tuple[float, float] | None):
 
 def adapted_prior(runs) -> tuple[float, float] | None:
     """N_opt = coef * C^exponent from a quick isoFLOP fit of the stage-1 runs (None when the fit is unusable)."""
-    from analysis.isoflop import fit_isoflop
     from analysis.backtest import select_size_runs
+    from analysis.isoflop import fit_isoflop
     from scaling.errors import ConfigError
 
+    size_runs = select_size_runs(runs)
     try:
-        fit = fit_isoflop(select_size_runs(runs), n_boot=0)
-    except ConfigError:
-        return None
-    b = fit.budgets
-    b = b[b["used"]] if "used" in b else b
-    if len(b) < 1:
-        return None
-    logc, logn = np.log(b["budget"].to_numpy(float)), np.log(b["N_opt"].to_numpy(float))
-    exponent = float(fit.params["a"]) if len(b) >= 2 and math.isfinite(fit.params.get("a", math.nan)) else 0.5
+        fit = fit_isoflop(size_runs, n_boot=0)
+        b = fit.budgets
+        b = b[b["used"]] if "used" in b else b
+        logc, logn = np.log(b["budget"].to_numpy(float)), np.log(b["N_opt"].to_numpy(float))
+        exponent = float(fit.params["a"]) if len(b) >= 2 and math.isfinite(fit.params.get("a", math.nan)) else 0.5
+    except ConfigError:  # no interior minimum yet: anchor on each budget's best run instead of a parabola's vertex
+        best = size_runs.loc[size_runs.groupby("budget")["loss"].idxmin()]
+        if best.empty:
+            return None
+        logc, logn = np.log(best["budget"].to_numpy(float)), np.log(best["N"].to_numpy(float))
+        exponent = 0.5
     exponent = float(np.clip(exponent, *EXPONENT_RANGE))
     coef = float(np.exp(np.mean(logn - exponent * logc)))
     return coef, exponent
@@ -162,8 +165,7 @@ def terminal_summary(report, rec, report_path: Path, t_train: float, t_total: fl
         lines.append("backtest (refit without the largest budget, predict it):")
         for row in _backtest_rows(report.backtest):
             lines.append("  " + row)
-    lines.append(f"recommendation for C = {rec.params['budget'] if 'budget' in rec.params else 0:.3g} FLOPs:")
-    lines += ["  " + line for line in rec.summary().splitlines()[1:]]
+    lines += rec.summary().splitlines()
     lines.append(f"report: {report_path}")
     lines.append(f"time: training {t_train:.0f} s, total {t_total:.0f} s ({t_total / 60:.1f} min)")
     return "\n".join(lines)

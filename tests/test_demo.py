@@ -43,7 +43,7 @@ def test_every_planned_run_completed(demo_runs):
 
 
 def test_fit_json_has_finite_parameters_and_intervals(demo_runs):
-    out, first, _ = demo_runs
+    _, first, _ = demo_runs
     fit = json.loads((first["report_path"].parent / "fit.json").read_text())
     fitted = [law for law in ("isoflop", "parametric") if law in fit]
     assert fitted, f"neither isoflop nor parametric was fitted: {fit['meta'].get('skipped')}"
@@ -62,7 +62,7 @@ def test_fit_json_has_finite_parameters_and_intervals(demo_runs):
 
 
 def test_report_files_exist(demo_runs):
-    out, first, _ = demo_runs
+    _, first, _ = demo_runs
     report_dir = Path(first["report_path"]).parent
     assert (report_dir / "report.md").stat().st_size > 500
     assert (report_dir / "fit.json").exists()
