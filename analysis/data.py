@@ -62,7 +62,10 @@ def _read_source(source) -> tuple[pd.DataFrame, pd.DataFrame | None, str]:
     if suffix == ".csv":
         return pd.read_csv(path), None, str(path)
     if suffix in (".parquet", ".pq"):
-        return pd.read_parquet(path), None, str(path)
+        try:
+            return pd.read_parquet(path), None, str(path)
+        except ImportError as e:
+            raise ConfigError(str(path), "pyarrow to read Parquet (pip install scaling-planner[parquet])") from e
     raise ConfigError(str(path), "a .csv or .parquet file, or a sweep results directory", suffix or "no suffix")
 
 
