@@ -119,7 +119,10 @@ def run_demo(out: str | Path = "results/demo", *, quick: bool = False, n_boot: i
     stage1, _ = stage_specs(spec, None)
     log(f"stage 1: budgets {_budgets(stage1)} around the prior of {spec.grid.tokens_per_param:g} tokens/param")
     submitted = train_stage(stage1, out.parent, log)
-    prior = adapted_prior(load_runs(out))
+    runs = load_runs(out)
+    first_budgets = stage1.budgets.resolved()
+    in_stage1 = [any(math.isclose(b, x, rel_tol=0.02) for x in first_budgets) for b in runs["budget"]]
+    prior = adapted_prior(runs[in_stage1])  # stage 1's runs only, so a rerun places stage 2 identically
     _, stage2 = stage_specs(spec, prior)
     if stage2 is not None:
         if prior:
