@@ -1,6 +1,6 @@
 """Load sweep results into one runs table with canonical columns, and group runs into FLOP budgets.
 
-Canonical columns: N (params, non-embedding for sweeps), D (training tokens), loss (final validation loss,
+Canonical columns: N (params: for sweeps non-embedding, or all params when the budgets use the 6N_total convention), D (training tokens), loss (final validation loss,
 nats/token), C (training FLOPs; default 6·N·D), and optionally lr, batch_size (tokens), run_id, step, status,
 budget (the FLOP budget a run belongs to). Every other column of the source is kept as is.
 """
@@ -55,7 +55,7 @@ def _read_source(source) -> tuple[pd.DataFrame, pd.DataFrame | None, str]:
         from sweeps import load_results  # lazy: analysis works without the sweeps machinery imported
 
         runs, metrics = load_results(path)
-        return runs.copy(), metrics, str(path)
+        return count_params_as_convention(runs.copy(), metrics), metrics, str(path)
     if not path.exists():
         raise ConfigError(str(path), "an existing CSV or Parquet file, or a sweep results directory")
     suffix = path.suffix.lower()
@@ -67,6 +67,19 @@ def _read_source(source) -> tuple[pd.DataFrame, pd.DataFrame | None, str]:
         except ImportError as e:
             raise ConfigError(str(path), "pyarrow to read Parquet (pip install scaling-planner[parquet])") from e
     raise ConfigError(str(path), "a .csv or .parquet file, or a sweep results directory", suffix or "no suffix")
+
+
+def count_params_as_convention(runs: pd.DataFrame, metrics: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Sweep runs whose budgets are counted as 6N_total get N = all params (the non-embedding count moves to
+    N_non_embedding, and the metrics' N follows), so N and C = 6 N D agree; other sweeps keep non-embedding N."""
+    conv = runs["flop_convention"].dropna().unique() if "flop_convention" in runs.columns else []
+    if len(conv) != 1 or conv[0] != "6N_total" or "N_total" not in runs.columns:
+        return runs
+    runs["N_non_embedding"] = runs["N"]
+    runs["N"] = runs["N_total"]
+    if metrics is not None and not metrics.empty:
+        metrics["N"] = metrics["run_id"].map(dict(zip(runs["run_id"], runs["N_total"]))).fillna(metrics["N"])
+    return runs
 
 
 def _apply_column_map(df: pd.DataFrame, columns: dict[str, str] | None, where: str) -> pd.DataFrame:

@@ -88,6 +88,18 @@ class _Optimum:
     center: tuple[float, float]
 
 
+def _inside_grid(draws: np.ndarray, x: np.ndarray, y: np.ndarray, W: np.ndarray) -> np.ndarray:
+    """Bootstrap optima bounded by what the grid can tell: a vertex beyond the grid is moved to its edge, and a
+    resample with no minimum (not convex) gives the x of its best run. Runs cannot locate an optimum outside the
+    values they tried; without this a nearly flat resample puts the optimum at 1e18 and the interval is meaningless."""
+    draws = np.clip(np.asarray(draws, float), x.min(), x.max())
+    bad = ~np.isfinite(draws)
+    if bad.any():
+        best = np.argmin(np.where(W[bad] > 0, y, np.inf), axis=1)
+        draws[bad] = x[best]
+    return draws
+
+
 def _budget_optimum(budget, u, v, y, counts, method, tolerance) -> _Optimum:
     """Optimum (log10 lr, log10 B) of one budget with flags and bootstrap draws."""
     n_lr, n_b = np.unique(u).size, np.unique(v).size
@@ -126,6 +138,8 @@ def _budget_optimum(budget, u, v, y, counts, method, tolerance) -> _Optimum:
             flags.append("not_convex")
         bu = vertex(parabola_batch(u[at] - mu, y[at], W[:, at]), mu)[0] if len(W) else np.empty(0)
         bv = np.full(len(W), float(v[best]))
+    if len(W) and method != "within":
+        bu, bv = _inside_grid(bu, u, y, W), _inside_grid(bv, v, y, W)
     if not np.isfinite(ou):  # no usable surface: report the best run, flagged above
         ou, ov, oy = float(u[best]), float(v[best]), float(y[best])
     if u[best] in (u.min(), u.max()) or not (u.min() <= ou <= u.max()):

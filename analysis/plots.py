@@ -191,11 +191,12 @@ def plot_allocation(fit, target_budget: float | None = None) -> Figure | None:
                             mfc="none" if b.get("flags") else "C0")
         if par_N is not None:
             point, band = par_N if key == "N" else (C / (k * par_N[0]), _inverse_band(par_N[1], C, k))
-            ax.plot(C, point, color="C1", ls="--", label=f"approach 3: ∝ C^{par.get(key.lower()) or 0:.3f}")
+            ax.plot(C, point, color="C1", ls="--", label=f"approach 3: ∝ C^{par[{'N': 'a', 'D': 'b'}[key]]:.3f}")
             if band:
                 ax.fill_between(C, *band, color="C1", alpha=BAND_ALPHA * 0.7)
         if env and env.get(f"{key}_opt"):
-            ax.plot(C, _law_curve(env[f"{key}_opt"], C)[0], color="C2", ls="-.", label="approach 1 (envelope)")
+            ax.plot(C, _law_curve(env[f"{key}_opt"], C)[0], color="C2", ls="-.",
+                    label=f"approach 1 (envelope): ∝ C^{env[f'{key}_opt']['exponent']:.3f}")
         if target and iso:
             ax.plot([target], [_law_curve(iso[f"{key}_opt"], np.array([target]))[0][0]], marker="D", color="C3",
                     ls="none", label=f"target {_fmt(target)} FLOPs")

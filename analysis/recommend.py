@@ -130,7 +130,9 @@ def recommend(fit, budget: float, *, family: str | None = None, seq_len: int | N
                          n_boot=max((len(s) for _, s in values.values()), default=0))
     rec.diagnostics["flop_convention"] = meta.get("flop_convention", "6N")
     rec.diagnostics["k"] = k
-    _add_shape(rec, family or meta.get("family") or "gpt2", seq, int(vocab_size or meta.get("vocab_size") or 256))
+    _add_shape(rec, family or meta.get("family") or "gpt2", seq, int(vocab_size or meta.get("vocab_size") or 256),
+               count="total" if meta.get("parameter_count") == "total" else "non_embedding",
+               ladder=meta.get("ladder") or {})
     max_budget = meta.get("max_budget")
     rec.extrapolation_factor = budget / float(max_budget) if max_budget else math.nan
     rec.warnings = _extrapolation_warnings(rec.extrapolation_factor) + warnings + _diagnostic_warnings(fit, rec)
@@ -255,12 +257,17 @@ def _interval(point: float, samples) -> tuple[float, float]:
     return (min(lo, point), max(hi, point))
 
 
-def _add_shape(rec: Recommendation, family: str, seq_len: int, vocab_size: int) -> None:
-    """Fill n_layer, d_model, n_heads, d_ff from the shape ladder at N (interval: shapes at the N interval ends)."""
+def _add_shape(rec: Recommendation, family: str, seq_len: int, vocab_size: int, count: str = "non_embedding",
+               ladder: dict | None = None) -> None:
+    """Fill n_layer, d_model, n_heads, d_ff from the shape ladder at N (interval: shapes at the N interval ends).
+
+    count: what N counts ("non_embedding" or "total"); ladder: n_layer / head_dim every fitted run shared (kept, so
+    the shape stays in the family the laws were fitted on)."""
     from scaling.ladder import params_for_shape, shape_for_params
 
     def shape(n: float):
-        return shape_for_params(max(float(n), 1.0), family, seq_len=seq_len, vocab_size=vocab_size)
+        return shape_for_params(max(float(n), 1.0), family, seq_len=seq_len, vocab_size=vocab_size, count=count,
+                                **(ladder or {}))
 
     point = shape(rec.params["N"])
     shapes = [point]
@@ -273,10 +280,10 @@ def _add_shape(rec: Recommendation, family: str, seq_len: int, vocab_size: int) 
         vals = [float(getattr(cfg, key)) for cfg in shapes]
         rec.params[key] = vals[0]
         rec.intervals[key] = (min(vals), max(vals))
-    rec.params["N_shape"] = float(params_for_shape(shapes[0]))
+    rec.params["N_shape"] = float(params_for_shape(shapes[0], count))
     rec.model = {key: getattr(shapes[0], key) for key in ("family", "n_layer", "d_model", "n_heads", "n_kv_heads",
                                                            "d_ff", "seq_len", "vocab_size")}
-    rec.sources["shape"] = "scaling.ladder.shape_for_params(N)"
+    rec.sources["shape"] = f"scaling.ladder.shape_for_params(N, count={count!r}, {ladder or {}})"
 
 
 def _extrapolation_warnings(factor: float) -> list[str]:

@@ -237,9 +237,26 @@ def _meta(df: pd.DataFrame, excluded: list[dict], target_budget: float | None) -
         if key in df.columns and df[key].notna().any():
             value = df[key].dropna().mode().iloc[0]
             meta[key] = value.item() if hasattr(value, "item") else value
+    meta["ladder"] = _fixed_ladder_options(df)
     cols = [c for c in RUN_COLUMNS if c in df.columns]
     meta["runs"] = json_safe(df[cols].to_dict("records"))
     return meta
+
+
+def _fixed_ladder_options(df: pd.DataFrame) -> dict:
+    """Shape choices every run shares (n_layer, and n_heads or head_dim), so a recommended shape stays in the fitted
+    family (see scaling.ladder.shape_for_params)."""
+    if len(df) < 2 or not {"n_layer", "d_model", "n_heads"} <= set(df.columns):
+        return {}
+    options = {}
+    if df["n_layer"].nunique() == 1:
+        options["n_layer"] = int(df["n_layer"].iloc[0])
+    head_dim = df["d_model"] / df["n_heads"]
+    if head_dim.nunique() == 1:
+        options["head_dim"] = int(head_dim.iloc[0])
+    elif df["n_heads"].nunique() == 1 and "n_layer" in options:
+        options["n_heads"] = int(df["n_heads"].iloc[0])
+    return options
 
 
 # ---------------------------------------------------------------- convention sensitivity
@@ -262,14 +279,16 @@ def _convention_sensitivity(df: pd.DataFrame, report: FitReport, n_boot: int, se
     par = report.fits.get("parametric")
     rows = []
     for conv in present:
-        n_col = "N_total" if conv == "6N_total" and "N_total" in df.columns else "N"
+        n_col = _param_column(df, report.meta, "total" if conv == "6N_total" else "non-embedding")
         var = df.copy()
         var["C"] = var[f"C_{conv}"]
         var["N"] = var[n_col]
         var["budget"] = var.groupby("budget")["C"].transform(lambda c: float(np.exp(np.log(c).mean())))
         k = float(np.median(var["C"] / (var["N"] * var["D"])))
         target_conv = target * float(np.median(top[f"C_{conv}"] / top["C"]))
-        row = {"convention": conv, "N_count": "total" if n_col == "N_total" else "non-embedding", "k": k,
+        n_count = report.meta.get("parameter_count", "non-embedding") if n_col == "N" else \
+            ("total" if n_col == "N_total" else "non-embedding")
+        row = {"convention": conv, "N_count": n_count, "k": k,
                "target_C": target_conv}
         try:
             iso = fit_isoflop(var, window=window, n_boot=n_boot, seed=seed, k=k)
@@ -284,6 +303,14 @@ def _convention_sensitivity(df: pd.DataFrame, report: FitReport, n_boot: int, se
             row.update(_parametric_at_target(par, var, n_col, k, target_conv, seed))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _param_column(df: pd.DataFrame, meta: dict, count: str) -> str:
+    """The column holding `count` ("total" / "non-embedding") params: N when the fit already counts that way."""
+    if meta.get("parameter_count", "non-embedding") == count:
+        return "N"
+    other = "N_total" if count == "total" else "N_non_embedding"
+    return other if other in df.columns else "N"
 
 
 def _parametric_at_target(par, var: pd.DataFrame, n_col: str, k: float, target: float, seed: int) -> dict:

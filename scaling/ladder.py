@@ -14,6 +14,14 @@ The rule (deterministic):
    multiples bracketing the target (bisection on the exact count from `count_params`). Among candidates within
    FIT_TOLERANCE (2%) of the target, take the one whose aspect ratio is nearest the rule (in log), ties to the smaller
    error. If none is that close, retry with head_dim halved (down to 2; not when head_dim is given).
+   With `n_layer` given (a fixed-depth ladder), the shape varies by width alone: the d_model multiple whose count at
+   the family's default d_ff is nearest the target (in log), so every shape keeps the same depth, head size and MLP
+   ratio. The target is then met only to within half a width step (at most FIXED_DEPTH_MAX_ERROR, 30%), which the
+   sweeps' isoFLOP grids accept (they compute D from the realized N). With `n_heads` also given, the head count is
+   fixed and head_dim = d_model / n_heads grows with the width (on a CPU, attention's cost grows with the number of
+   heads: 2 heads train 2-3x faster than 2-wide heads at d_model 16-32). Tiny models (~1e3-1e5 params) need this for
+   smooth isoFLOP curves: there the rule's depth jumps between neighbouring sizes (1 vs 3 layers), and d_ff moved to
+   land a target, change the loss more than the size does.
 5. Last resort (only tiny models, below ~1e5 params, where d_model steps are coarse): take the closest candidate and move
    its d_ff (by at most 25%) so the count lands on the target. If it still misses by more than MAX_REL_ERROR (5%),
    raise ConfigError naming `n_params`.
@@ -35,6 +43,7 @@ DEFAULT_ASPECT_RATIO = 64.0  # d_model / n_layer
 FIT_TOLERANCE = 0.02  # candidates this close to the target compete on aspect ratio
 MAX_REL_ERROR = 0.05  # the largest miss accepted before raising
 MAX_D_FF_CHANGE = 0.25  # the most d_ff may move from the family default to land a tiny target
+FIXED_DEPTH_MAX_ERROR = 0.3  # the largest miss of a fixed-depth ladder (half a width step; see rule 4)
 COUNTS = ("non_embedding", "total", "embedding")
 
 
@@ -68,11 +77,15 @@ def shape_for_params(
     vocab_size: int = 256,
     count: str = "non_embedding",
     n_kv_heads_ratio: int = 1,
+    n_layer: int | None = None,
+    n_heads: int | None = None,
 ) -> ModelConfig:
     """The shape whose `count` params are nearest `n_params` under the module's aspect-ratio rule.
 
     head_dim: None picks `default_head_dim(n_params, aspect_ratio)`. n_kv_heads_ratio: query heads per KV head (llama
-    GQA; 1 = plain multi-head). Returns a validated ModelConfig, d_ff at the family default except as in rule 5.
+    GQA; 1 = plain multi-head). n_layer: fix the depth (rule 4's fixed-depth ladder: only d_model varies); n_heads
+    (with n_layer, instead of head_dim): fix the number of heads too, so head_dim grows with the width. Returns a
+    validated ModelConfig, d_ff at the family default except as in rule 5.
     Raises ConfigError for bad arguments, or naming `n_params` when no shape lands within 5% of it.
     """
     _check_positive_number("n_params", n_params)
@@ -82,6 +95,14 @@ def shape_for_params(
     if count not in ("non_embedding", "total"):
         raise ConfigError("count", "one of ('non_embedding', 'total')", count)
     _check_positive_int("n_kv_heads_ratio", n_kv_heads_ratio)
+    if n_layer is not None:
+        _check_positive_int("n_layer", n_layer)
+    if n_heads is not None:
+        _check_positive_int("n_heads", n_heads)
+        if n_layer is None or head_dim is not None:
+            raise ConfigError("n_heads", "used with n_layer (a fixed-depth ladder) and without head_dim", n_heads)
+        if n_heads % n_kv_heads_ratio:
+            raise ConfigError("n_heads", f"a multiple of n_kv_heads_ratio ({n_kv_heads_ratio})", n_heads)
     if family == "gpt2" and n_kv_heads_ratio != 1:
         raise ConfigError("n_kv_heads_ratio", "1 for family 'gpt2' (no grouped-query attention)", n_kv_heads_ratio)
     explicit_head_dim = head_dim is not None
@@ -93,6 +114,9 @@ def shape_for_params(
     _check_positive_int("seq_len", seq_len)
     _check_positive_int("vocab_size", vocab_size)
 
+    if n_layer is not None:
+        return _fixed_depth_shape(n_params, family, n_layer, head_dim if explicit_head_dim else None, n_heads,
+                                  seq_len, vocab_size, count, n_kv_heads_ratio)
     head_dims = [head_dim] if explicit_head_dim else _halvings(head_dim, 2)
     candidates: list[tuple[float, float, int, int, int]] = []  # (rel. error, aspect deviation, n_layer, d_model, hd)
     for hd in head_dims:
@@ -117,6 +141,32 @@ def shape_for_params(
     return cfg.validate()
 
 
+def _fixed_depth_shape(n_params: float, family: str, n_layer: int, head_dim: int | None, n_heads: int | None,
+                       seq_len: int, vocab_size: int, count: str, n_kv_heads_ratio: int) -> ModelConfig:
+    """Rule 4's fixed-depth ladder: the width whose count (default d_ff) is nearest n_params in log; widths are
+    multiples of head_dim (heads grow with the width) or, with n_heads fixed, of n_heads (x2 for llama's rotary)."""
+    if n_heads is not None:
+        step = n_heads * (2 if family == "llama" else 1)
+
+        def make(d: int) -> ModelConfig:
+            return _shape(family, n_layer, d, d // n_heads, seq_len, vocab_size, n_kv_heads_ratio)
+    else:
+        step = head_dim * n_kv_heads_ratio
+
+        def make(d: int) -> ModelConfig:
+            return _shape(family, n_layer, d, head_dim, seq_len, vocab_size, n_kv_heads_ratio)
+
+    ks = _bracketing_multiples(lambda k: count_params(make(k * step))[count], n_params)
+    if not ks:
+        raise ConfigError("n_params", f"a target some {n_layer}-layer shape reaches", n_params)
+    best = min((make(k * step) for k in ks), key=lambda c: abs(math.log(count_params(c)[count] / n_params)))
+    if abs(count_params(best)[count] / n_params - 1) > FIXED_DEPTH_MAX_ERROR:
+        heads = f"n_heads {n_heads}" if n_heads is not None else f"head_dim {head_dim}"
+        raise ConfigError("n_params", f"a target within {FIXED_DEPTH_MAX_ERROR:.0%} of some {n_layer}-layer shape "
+                          f"({heads}, count={count!r}); the nearest has {count_params(best)[count]} params", n_params)
+    return best.validate()
+
+
 def _tuned_d_ff(cfg: ModelConfig, n_params: float, count: str) -> ModelConfig:
     """`cfg` with d_ff moved (by at most MAX_D_FF_CHANGE) so its count lands nearest n_params; counts are affine in
     d_ff at fixed n_layer and d_model."""
@@ -139,14 +189,15 @@ def _shape(
 
 def _candidates(
     n_params: float, family: str, head_dim: int, aspect_ratio: float, seq_len: int, vocab_size: int, count: str,
-    n_kv_heads_ratio: int,
+    n_kv_heads_ratio: int, fixed_layers: int | None = None,
 ) -> list[tuple[float, float, int, int, int]]:
     """(relative error, |log aspect deviation|, n_layer, d_model, head_dim) of the d_model multiples bracketing the
-    target at each depth from 1/4 to 4x the guide depth."""
+    target at each depth from 1/4 to 4x the guide depth, or at `fixed_layers` only."""
     step = head_dim * n_kv_heads_ratio
     guide_layers = guide_width(n_params, aspect_ratio) / aspect_ratio
+    depths = range(max(1, math.floor(guide_layers / 4)), max(4, math.ceil(4 * guide_layers)) + 1)
     found = []
-    for n_layer in range(max(1, math.floor(guide_layers / 4)), max(4, math.ceil(4 * guide_layers)) + 1):
+    for n_layer in [fixed_layers] if fixed_layers is not None else depths:
         shape_at = functools.partial(_shape, family, n_layer, head_dim=head_dim, seq_len=seq_len,
                                      vocab_size=vocab_size, n_kv_heads_ratio=n_kv_heads_ratio)
 

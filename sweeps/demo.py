@@ -35,6 +35,7 @@ QUICK_OVERRIDES = [
     "grid.spread=3.0",
     "grid.min_steps=10",
     "hparams.budgets=[5e9]",
+    "hparams.lr_factors=[0.5, 1.0, 2.0]",
     "eval.evals_per_run=3",
     "eval.tokens=4096",
 ]

@@ -3,7 +3,12 @@
 For each budget C (FLOPs under `budgets.convention`):
 1. Models: the prior optimum N_opt(C) (Chinchilla's 20 tokens/param, or a fitted law), then `models_per_budget` targets
    log-uniform over [N_opt / sqrt(spread), N_opt * sqrt(spread)] (or the explicit `grid.sizes`), each placed on a real
-   shape by `scaling.ladder.shape_for_params`; N below is the realized shape's count, not the target.
+   shape by `scaling.ladder.shape_for_params`. Targets count params as the budget convention does (all params for
+   6N_total, non-embedding otherwise); N below is the realized shape's count, not the target. A target in a
+   gap of the ladder (tiny fixed-depth ladders have a few) moves to the nearest size it can build, at most
+   GAP_SHIFT (15%) away; D follows from the realized N, so the grid stays on its budget. When two targets land on
+   the same shape (a ladder coarser than the targets' spacing), the one further from N_opt moves outwards to the
+   next free shape, so each budget still gets `models_per_budget` distinct models.
 2. Batch and steps: with F = flops_per_token(cfg, convention) and the target batch B0 (sequences), search integer
    batches B in [B0 / batch_range, B0 * batch_range] (multiples of micro_batch_size) and steps S = round(C / (F B T))
    for the pair with |S B T F / C - 1| <= tolerance (1%) and S >= min_steps, preferring B nearest B0 (in log), then the
@@ -25,6 +30,7 @@ the runtime-only keys (checkpoint cadence), so the same run gets the same id in 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import heapq
 import json
@@ -38,6 +44,8 @@ from scaling.config import ModelConfig
 from scaling.errors import ConfigError
 from sweeps.spec import SweepSpec, match_budget
 
+GAP_SHIFT = 0.15  # a size target in a gap of the shape ladder may move this far (relative) to a buildable size
+
 
 @dataclass
 class PlannedRun:
@@ -48,7 +56,7 @@ class PlannedRun:
     N_total: int  # all params
     shape: dict  # n_layer, d_model, n_heads, n_kv_heads, d_ff
     D: int  # training tokens = steps * batch_size * seq_len
-    tokens_per_param: float  # D / N
+    tokens_per_param: float  # D / params, counted as the budget convention counts them
     batch_size: int  # sequences per optimizer step
     batch_tokens: int  # tokens per optimizer step
     lr: float  # peak learning rate
@@ -152,18 +160,54 @@ def place_models(spec: SweepSpec, budget: float, n_opt: float) -> list[ModelConf
         targets = [n_opt * g.spread ** (i / (k - 1) - 0.5) for i in range(k)] if k > 1 else [n_opt]
         where = "grid.models_per_budget"
     m = spec.model
-    options = {key: getattr(m, key) for key in ("head_dim", "aspect_ratio") if getattr(m, key) is not None}
+    options = {key: getattr(m, key) for key in ("head_dim", "aspect_ratio", "n_layer", "n_heads") if getattr(m, key) is not None}
+    count = spec.budgets.param_count
+    build = functools.partial(shape_for_params, family=m.family, seq_len=m.seq_len, vocab_size=spec.vocab_size,
+                              n_kv_heads_ratio=m.n_kv_heads_ratio, count=count, **options)
     shapes: list[ModelConfig] = []
-    for target in targets:
+    for target in sorted(targets, key=lambda t: abs(math.log(t / n_opt))):  # from the prior optimum outwards
         try:
-            cfg = shape_for_params(target, m.family, seq_len=m.seq_len, vocab_size=spec.vocab_size,
-                                   n_kv_heads_ratio=m.n_kv_heads_ratio, **options)
+            cfg = nearest_buildable(build, target)
         except ConfigError as e:
             raise ConfigError(where, f"sizes the shape ladder can build (budget {budget:.3g} FLOPs, target "
-                              f"{target:,.0f} non-embedding params; ladder: {e})", target) from None
+                              f"{target:,.0f} {count.replace('_', '-')} params; ladder: {e})", target) from None
+        if g.sizes is None:
+            cfg = _next_free_shape(build, cfg, target, n_opt, shapes)
         if cfg not in shapes:
             shapes.append(cfg)
-    return sorted(shapes, key=lambda c: count_params(c)["non_embedding"])
+    return sorted(shapes, key=lambda c: count_params(c)[count])
+
+
+def _next_free_shape(build, cfg: ModelConfig, target: float, n_opt: float, taken: list[ModelConfig]) -> ModelConfig:
+    """`cfg`, or when a target nearer the optimum already took it, the next shape further out (targets move away
+    from n_opt by 5% steps, at most 40), so a coarse ladder still gives distinct models."""
+    if cfg not in taken or math.isclose(target, n_opt, rel_tol=1e-9):
+        return cfg
+    step = 1.05 if target > n_opt else 1 / 1.05
+    for _ in range(40):
+        target *= step
+        try:
+            cfg = build(target)
+        except ConfigError:  # a gap, or past the end of the ladder
+            continue
+        if cfg not in taken:
+            return cfg
+    return cfg
+
+
+def nearest_buildable(build, target: float) -> ModelConfig:
+    """`build(target)`, or when the ladder has a gap there, `build` at the nearest target within GAP_SHIFT that works
+    (searched in 1% steps, below and above alternately); re-raises the first error when none does."""
+    try:
+        return build(target)
+    except ConfigError:
+        for step in range(1, round(GAP_SHIFT * 100) + 1):
+            for factor in (1 - step / 100, 1 + step / 100):
+                try:
+                    return build(target * factor)
+                except ConfigError:
+                    continue
+        raise
 
 
 def hparam_points(spec: SweepSpec, budget: float, n_opt: float, models: list[ModelConfig]) -> list[tuple]:
@@ -174,7 +218,8 @@ def hparam_points(spec: SweepSpec, budget: float, n_opt: float, models: list[Mod
     if h is None or (h.budgets is not None and match_budget(budget, [float(b) for b in h.budgets]) is None):
         return []
     if h.models == "optimum":
-        models = [min(models, key=lambda c: abs(math.log(count_params(c)["non_embedding"] / n_opt)))]
+        count = spec.budgets.param_count
+        models = [min(models, key=lambda c: abs(math.log(count_params(c)[count] / n_opt)))]
     lr0, b0 = spec.train.lr_at(budget), spec.train.batch_at(budget, spec.model.seq_len)
     lrs = h.lr or [lr0 * f for f in (h.lr_factors or [1.0])]
     batches = [float(b) for b in h.batch_size] if h.batch_size else [b0 * f for f in (h.batch_factors or [1.0])]
@@ -257,7 +302,7 @@ def make_run(
     return PlannedRun(
         run_id=run_id_for(config), budget=budget, config=config, N=counts["non_embedding"], N_total=counts["total"],
         shape={k: getattr(cfg, k) for k in ("n_layer", "d_model", "n_heads", "n_kv_heads", "d_ff")},
-        D=tokens, tokens_per_param=tokens / counts["non_embedding"], batch_size=batch,
+        D=tokens, tokens_per_param=tokens / counts[spec.budgets.param_count], batch_size=batch,
         batch_tokens=batch * cfg.seq_len, lr=lr, steps=steps, flops=per_token[convention] * tokens,
         flop_convention=convention, flops_per_token=per_token, prior_N_opt=n_opt, tags={"kind": kind, "seed": seed},
     )

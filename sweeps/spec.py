@@ -5,7 +5,8 @@ A spec has these sections (every key is optional unless said; see `sweeps/preset
     name = "my-sweep"                     # required: the results folder is results/<name>/
     [data]       corpus, tokenizer ("bytes" | "bpe"), vocab_size (required for bpe)
     [model]      family ("gpt2" | "llama"), seq_len, vocab_size (default: the tokenizer's), head_dim, aspect_ratio
-                 (d_model / n_layer), n_kv_heads_ratio (llama GQA)
+                 (d_model / n_layer), n_kv_heads_ratio (llama GQA); n_layer fixes the depth (the ladder varies the
+                 width only), and with it n_heads (instead of head_dim) fixes the head count
     [budgets]    values = [1e12, 3e12] | min, max, count (log-spaced, both ends included); convention: the FLOP
                  convention the budgets are measured in (one of scaling.accounting.CONVENTIONS, default "6N")
     [grid]       models_per_budget + spread (N_max / N_min, log-uniform around the prior optimum) | sizes (explicit
@@ -21,7 +22,8 @@ A spec has these sections (every key is optional unless said; see `sweeps/preset
     [eval]       every (steps) | evals_per_run (default 10), tokens
     [resources]  per run: gpus, cpus, mem_gb, time_min; throughput_flops (FLOP/s per run, for wall-time estimates)
     [backend.local]  max_concurrent, threads_per_run
-    [backend.slurm]  partition, account, qos, array_parallelism, extra (a table of further sbatch options)
+    [backend.slurm]  partition, account, qos, array_parallelism, max_num_timeout (requeues after time-outs, default
+                     3), extra (a table of further sbatch options)
 
 `load_spec(path_or_preset, overrides)` reads a file or a preset name (`tiny-cpu`, `gpu-small`) and applies overrides
 like `budgets.values=[1e12,3e12]` (values are TOML). Unknown keys and wrong types raise ConfigError naming the dotted
@@ -77,6 +79,8 @@ class ModelSpec:
     vocab_size: int | None = None  # None: 256 for bytes, data.vocab_size for bpe
     head_dim: int | None = None  # None: the ladder's rule (64 from d_model 512 up, smaller below)
     aspect_ratio: float | None = None  # d_model / n_layer; None: the ladder's default (64)
+    n_layer: int | None = None  # fix the depth: the ladder then varies width only (smooth curves for tiny models)
+    n_heads: int | None = None  # with n_layer, instead of head_dim: fix the head count too (head_dim grows)
     n_kv_heads_ratio: int = 1  # llama: query heads per KV head (grouped-query attention)
 
 
@@ -87,6 +91,11 @@ class BudgetSpec:
     max: float | None = None
     count: int | None = None
     convention: str = "6N"  # how a budget is counted: FLOPs per token under this convention x tokens
+
+    @property
+    def param_count(self) -> str:
+        """What N counts under this convention: "total" for 6N_total, else "non_embedding" (scaling.count_params)."""
+        return "total" if self.convention == "6N_total" else "non_embedding"
 
     def resolved(self) -> list[float]:
         """The budgets in FLOPs, ascending: `values`, or `count` log-spaced from `min` to `max` inclusive."""
@@ -103,7 +112,9 @@ class BudgetSpec:
 class GridSpec:
     models_per_budget: int = 5  # models per budget, log-uniform around the prior optimum
     spread: float = 8.0  # N_max / N_min at each budget
-    sizes: list[float] | None = None  # explicit non-embedding params, used at every budget (replaces the two above)
+    # Sizes, priors and tokens_per_param count params as the budget convention does: all params for 6N_total,
+    # non-embedding params otherwise.
+    sizes: list[float] | None = None  # explicit params, used at every budget (replaces the two above)
     tokens_per_param: float = 20.0  # Chinchilla prior: D_opt = 20 N_opt, C = 6 N D, so N_opt = sqrt(C / 120)
     prior_coef: float | None = None  # fitted prior N_opt = prior_coef * C^prior_exponent (C in FLOPs)
     prior_exponent: float | None = None
@@ -113,7 +124,7 @@ class GridSpec:
     tolerance: float = 0.01  # realized FLOPs within this relative error of the budget
 
     def n_opt(self, budget: float) -> float:
-        """The prior compute-optimal non-embedding params at `budget` FLOPs."""
+        """The prior compute-optimal params at `budget` FLOPs (counted as the budget convention counts them)."""
         if self.prior_coef is not None:
             return self.prior_coef * budget**self.prior_exponent
         return math.sqrt(budget / (6.0 * self.tokens_per_param))
@@ -181,6 +192,7 @@ class SlurmSpec:
     account: str | None = None
     qos: str | None = None
     array_parallelism: int = 64  # array tasks running at once
+    max_num_timeout: int = 3  # requeues a run gets after hitting its time limit (preemptions do not count)
     extra: dict = field(default_factory=dict)  # further sbatch options, e.g. {constraint = "h100"}
 
 
@@ -448,9 +460,11 @@ def _validate_data_model(spec: SweepSpec) -> None:
     if m.family not in FAMILIES:
         raise ConfigError("model.family", f"one of {FAMILIES}", m.family)
     _positive_int(m.seq_len, "model.seq_len")
-    for key in ("vocab_size", "head_dim"):
+    for key in ("vocab_size", "head_dim", "n_layer", "n_heads"):
         if getattr(m, key) is not None:
             _positive_int(getattr(m, key), f"model.{key}")
+    if m.n_heads is not None and (m.n_layer is None or m.head_dim is not None):
+        raise ConfigError("model.n_heads", "set together with model.n_layer and without model.head_dim", m.n_heads)
     if m.aspect_ratio is not None:
         _positive(m.aspect_ratio, "model.aspect_ratio", "a positive number (d_model / n_layer)")
     _positive_int(m.n_kv_heads_ratio, "model.n_kv_heads_ratio")
@@ -550,6 +564,9 @@ def _validate_resources(spec: SweepSpec) -> None:
         _positive_int(spec.backend.local.threads_per_run, "backend.local.threads_per_run")
     s = spec.backend.slurm
     _positive_int(s.array_parallelism, "backend.slurm.array_parallelism")
+    if isinstance(s.max_num_timeout, bool) or not isinstance(s.max_num_timeout, int) or s.max_num_timeout < 0:
+        raise ConfigError("backend.slurm.max_num_timeout", "a whole number >= 0 (requeues after time-outs)",
+                          s.max_num_timeout)
     for key, value in s.extra.items():
         if isinstance(value, (dict, list)) or value is None:
             raise ConfigError(f"backend.slurm.extra.{key}", "a string, number or boolean sbatch option value", value)

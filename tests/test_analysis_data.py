@@ -109,3 +109,19 @@ def test_sweep_directory_uses_load_results_and_keeps_metrics(tmp_path, monkeypat
     assert out.attrs["metrics"] is metrics
     with pytest.raises(ConfigError, match="runs/"):
         load_runs(tmp_path / "runs")  # a directory without runs/ inside
+
+
+def test_6n_total_sweeps_count_all_params_and_others_keep_non_embedding(tmp_path, monkeypatch):
+    (tmp_path / "runs").mkdir()
+    runs = pd.DataFrame({"run_id": ["a", "b"], "N": [1000.0, 4000.0], "N_total": [4000.0, 9000.0],
+                         "D": [1e6, 5e5], "loss": [2.5, 2.4], "flop_convention": ["6N_total"] * 2})
+    runs["C"] = 6 * runs["N_total"] * runs["D"]
+    metrics = pd.DataFrame({"run_id": ["a", "b"], "step": [1, 1], "val_loss": [3.0, 3.0], "N": [1000, 4000]})
+    monkeypatch.setattr(sweeps, "load_results", lambda path: (runs.copy(), metrics.copy()), raising=False)
+    out = load_runs(tmp_path)
+    assert list(out["N"]) == [4000.0, 9000.0] and list(out["N_non_embedding"]) == [1000.0, 4000.0]
+    assert np.allclose(out["C"], 6 * out["N"] * out["D"])  # N and C now agree
+    assert list(out.attrs["metrics"]["N"]) == [4000, 9000]
+    six_n = runs.assign(flop_convention="6N", C=6 * runs["N"] * runs["D"])
+    monkeypatch.setattr(sweeps, "load_results", lambda path: (six_n.copy(), metrics.copy()), raising=False)
+    assert list(load_runs(tmp_path)["N"]) == [1000.0, 4000.0]

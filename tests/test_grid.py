@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import sys
 import warnings
 
 import pytest
+from helpers import small_spec_text
 
 from scaling.accounting import count_params, flops_per_token
 from scaling.config import ModelConfig
@@ -16,20 +16,7 @@ from scaling.errors import ConfigError
 from sweeps.grid import design, estimate_wall_time, plan, run_id_for, solve_batch_steps
 from sweeps.spec import load_spec
 
-SMALL = """
-name = "small"
-[model]
-family = "gpt2"
-seq_len = 32
-head_dim = 8
-[budgets]
-values = [1e11, 3e11]
-[grid]
-models_per_budget = 3
-spread = 4.0
-[train]
-batch_size = 4
-"""
+SMALL = small_spec_text()
 
 
 @pytest.fixture
@@ -70,13 +57,16 @@ def test_tiny_cpu_grid_shape(presets):
         iso = [r for r in runs if r.budget == budget and r.tags["kind"] == "isoflop"]
         assert len(iso) == spec.grid.models_per_budget
         sizes = sorted(r.N for r in iso)
-        assert sizes[-1] / sizes[0] == pytest.approx(spec.grid.spread, rel=0.35)  # real shapes, not the targets
-        assert math.sqrt(sizes[0] * sizes[-1]) == pytest.approx(spec.grid.n_opt(budget), rel=0.3)
+        assert len(set(sizes)) == len(sizes)  # distinct shapes, although the 2-layer ladder is coarse at the bottom
+        assert 0.65 * spec.grid.spread <= sizes[-1] / sizes[0] <= 2 * spec.grid.spread  # real shapes, not targets
+        assert sizes[0] < spec.grid.n_opt(budget) < sizes[-1]
+        assert {r.shape["n_layer"] for r in iso} == {spec.model.n_layer}
     hparam = [r for r in runs if r.tags["kind"] == "hparam"]
-    # 3 LR values at 2 budgets; the centre value is the isoFLOP run itself, kept once and tagged "also"
-    assert len(hparam) == 4 and len({r.budget for r in hparam}) == 2
+    # k LR values at b budgets; the centre value (factor 1) is the isoFLOP run itself, kept once and tagged "also"
+    k, b = len(spec.hparams.lr_factors), len(spec.hparams.budgets)
+    assert len(hparam) == (k - 1) * b and len({r.budget for r in hparam}) == b
     centre = [r for r in runs if "hparam" in r.tags.get("also", [])]
-    assert len(centre) == 2 and all(r.tags["kind"] == "isoflop" for r in centre)
+    assert len(centre) == b and all(r.tags["kind"] == "isoflop" for r in centre)
     for r in hparam:
         twin = next(c for c in centre if c.budget == r.budget)
         assert r.N == twin.N and r.lr != twin.lr  # only the model nearest the prior optimum gets the grid
@@ -183,3 +173,39 @@ def test_wall_time_estimate_packs_runs_onto_slots():
     assert estimate_wall_time(runs, 1.0, 2) == 6.0  # {4, 2} and {3, 3}
     assert estimate_wall_time(runs, 1.0, 10) == 4.0
     assert estimate_wall_time(runs, lambda r: r.flops, 2) == 2.0
+
+
+def test_a_target_in_a_ladder_gap_moves_to_the_nearest_buildable_size():
+    import functools
+
+    from scaling.ladder import shape_for_params
+    from sweeps.grid import GAP_SHIFT, nearest_buildable
+
+    build = functools.partial(shape_for_params, family="gpt2", head_dim=4, seq_len=128)
+    gap = next(n for n in range(1000, 3000, 10) if not _buildable(build, n))  # head_dim-4 tiny shapes have gaps
+    cfg = nearest_buildable(build, gap)
+    n = count_params(cfg)["non_embedding"]
+    assert abs(n / gap - 1) <= GAP_SHIFT + 0.05
+    with pytest.raises(ConfigError, match="^n_params"):
+        nearest_buildable(build, 10.0)  # nothing within 15% of 10 params
+
+
+def _buildable(build, n) -> bool:
+    try:
+        build(n)
+        return True
+    except ConfigError:
+        return False
+
+
+def test_6n_total_budgets_count_all_params(small):
+    spec = load_spec(small, ["budgets.convention='6N_total'"])
+    assert spec.budgets.param_count == "total"
+    runs = design(spec).runs
+    for budget in spec.budgets.resolved():
+        iso = [r for r in runs if r.budget == budget and r.tags["kind"] == "isoflop"]
+        totals = sorted(r.N_total for r in iso)
+        assert totals[0] < spec.grid.n_opt(budget) < totals[-1]  # the prior is in total params
+        for r in iso:
+            assert r.tokens_per_param == pytest.approx(r.D / r.N_total)
+            assert 6 * r.N_total * r.D == pytest.approx(r.flops, rel=1e-9)

@@ -69,6 +69,46 @@ def test_explicit_head_dim_and_aspect_ratio_are_honoured():
     assert relative_error(deep, 1e8) <= 0.05 and relative_error(wide, 1e8) <= 0.05
 
 
+def test_fixed_depth_varies_width_only_with_the_default_mlp():
+    from scaling.ladder import FIXED_DEPTH_MAX_ERROR
+
+    sizes = np.geomspace(3e3, 1e6, 40)
+    shapes = [shape_for_params(n, "gpt2", n_layer=2, head_dim=2, seq_len=128) for n in sizes]
+    assert {c.n_layer for c in shapes} == {2} and {c.head_dim for c in shapes} == {2}
+    assert all(c.d_ff == default_d_ff("gpt2", c.d_model) for c in shapes)  # same MLP ratio everywhere
+    widths = [c.d_model for c in shapes]
+    assert widths == sorted(widths) and widths[0] < widths[-1]
+    errors = [relative_error(c, n) for c, n in zip(shapes, sizes)]
+    assert max(errors) <= FIXED_DEPTH_MAX_ERROR
+    # the nearest width: neither neighbour (d_model -/+ 2) is closer in log
+    for c, n in zip(shapes, sizes):
+        for d in (c.d_model - 2, c.d_model + 2):
+            other = ModelConfig(n_layer=2, d_model=d, n_heads=d // 2, seq_len=128, vocab_size=256)
+            assert abs(math.log(count_params(other)["non_embedding"] / n)) >= \
+                abs(math.log(count_params(c)["non_embedding"] / n))
+    # without n_layer the rule picks other depths for the same targets
+    assert {shape_for_params(n, "gpt2", head_dim=2, seq_len=128).n_layer for n in sizes} != {2}
+    with pytest.raises(ConfigError, match="^n_layer"):
+        shape_for_params(1e5, n_layer=0)
+    with pytest.raises(ConfigError, match="^n_params"):
+        shape_for_params(10, n_layer=2, head_dim=2)  # far below the narrowest 2-layer shape
+
+
+def test_fixed_depth_with_fixed_heads_grows_head_dim():
+    sizes = np.geomspace(2e3, 3e5, 30)
+    shapes = [shape_for_params(n, "gpt2", n_layer=2, n_heads=2, seq_len=128) for n in sizes]
+    assert {(c.n_layer, c.n_heads) for c in shapes} == {(2, 2)}
+    assert all(c.d_model % 2 == 0 and c.head_dim == c.d_model // 2 for c in shapes)
+    assert all(c.d_ff == default_d_ff("gpt2", c.d_model) for c in shapes)
+    widths = [c.d_model for c in shapes]
+    assert widths == sorted(widths) and len(set(widths)) > 20  # steps of 2: nearly every target its own width
+    llama = shape_for_params(5e4, "llama", n_layer=2, n_heads=4, n_kv_heads_ratio=2)
+    assert (llama.n_heads, llama.n_kv_heads) == (4, 2) and llama.head_dim % 2 == 0  # rotary needs even heads
+    for bad in ({"n_heads": 2}, {"n_heads": 2, "n_layer": 2, "head_dim": 4}):
+        with pytest.raises(ConfigError, match="^n_heads"):
+            shape_for_params(1e4, **bad)
+
+
 def test_deterministic():
     assert shape_for_params(3.3e6, "llama") == shape_for_params(3.3e6, "llama")
     assert shape_for_params(12345, "gpt2") == shape_for_params(12345.0, "gpt2")

@@ -94,3 +94,23 @@ def test_poor_diagnostics_become_warnings(report):
     assert any("loss predicted with +8.0% error" in w for w in warnings)
     assert any("D_opt predicted with -20.0% error" in w for w in warnings)
     assert not any("N_opt predicted" in w for w in warnings)
+
+
+def test_shape_keeps_the_depth_and_head_size_every_fitted_run_shared(report):
+    from analysis.report import _fixed_ladder_options
+
+    runs = report.runs.assign(n_layer=2, d_model=[8 + 2 * (i % 5) for i in range(len(report.runs))])
+    runs["n_heads"] = runs["d_model"] // 2
+    options = _fixed_ladder_options(runs)
+    assert options == {"n_layer": 2, "head_dim": 2}
+    assert _fixed_ladder_options(runs.assign(n_layer=[1 + i % 2 for i in range(len(runs))])) == {"head_dim": 2}
+    assert _fixed_ladder_options(runs.assign(n_heads=2)) == {"n_layer": 2, "n_heads": 2}  # head_dim grows
+    free = recommend(report, 1e19)
+    report.meta["ladder"] = options
+    try:
+        fixed = recommend(report, 1e19)
+    finally:
+        report.meta.pop("ladder")
+    assert fixed.model["n_layer"] == 2 and fixed.model["d_model"] == 2 * fixed.model["n_heads"]
+    assert free.model["n_layer"] != 2
+    assert fixed.params["N_shape"] == pytest.approx(fixed.params["N"], rel=0.3)

@@ -119,3 +119,16 @@ def test_lr_scan_without_batch_variation_is_drawn_as_curves():
     assert ax.get_xlabel() == "peak learning rate" and "nats/token" in ax.get_ylabel()
     assert len(ax.get_lines()) >= 3  # one scan curve per budget (+ optimum markers)
     assert plots.plot_parametric_contours(d) is None and plots.plot_isoflop(d) is None
+
+
+def test_allocation_legend_states_each_approachs_exponent(report):
+    import matplotlib.pyplot as plt
+
+    fig = plots.plot_allocation(report)
+    try:
+        labels = [t.get_text() for ax in fig.axes for t in ax.get_legend().get_texts()]
+    finally:
+        plt.close(fig)
+    par, iso = report.fits["parametric"].params, report.fits["isoflop"].params
+    assert f"approach 3: ∝ C^{par['a']:.3f}" in labels and f"approach 3: ∝ C^{par['b']:.3f}" in labels
+    assert f"approach 2: ∝ C^{iso['a']:.3f}" in labels and f"approach 2: ∝ C^{iso['b']:.3f}" in labels

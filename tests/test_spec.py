@@ -5,24 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers import small_spec_text
 
 from scaling.errors import ConfigError
 from sweeps.spec import load_spec, validate_resources
 
-SMALL = """
-name = "small"
-[model]
-family = "gpt2"
-seq_len = 32
-head_dim = 8
-[budgets]
-values = [1e11, 3e11]
-[grid]
-models_per_budget = 3
-spread = 4.0
-[train]
-batch_size = 4
-"""
+SMALL = small_spec_text()
 
 
 def write_spec(tmp_path, text=SMALL, extra=""):
@@ -37,7 +25,8 @@ def test_tiny_cpu_preset():
     assert spec.model.family == "gpt2" and spec.data.tokenizer == "bytes" and spec.vocab_size == 256
     assert len(budgets) == 4 and budgets[-1] / budgets[0] >= 30
     assert spec.grid.models_per_budget == 5
-    assert len(spec.hparams.lr_factors) == 3 and len(spec.hparams.budgets) == 2
+    assert len(spec.hparams.lr_factors) >= 3 and len(spec.hparams.budgets) >= 2  # an LR law needs 2+ budgets
+    assert spec.model.n_layer == 2 and spec.model.n_heads == 2  # the fixed-depth, fixed-heads ladder
     assert spec.resources.gpus == 0 and spec.backend.local.max_concurrent >= 1
     assert spec.source == "preset:tiny-cpu" and "tiny-cpu" in spec.source_text
 
@@ -92,6 +81,9 @@ def test_passthrough_train_keys_reach_the_trainer_section(tmp_path):
     ("hparams.budgets=[5e11]", r"^hparams\.budgets\[0\]: expected one of the budgets"),
     ("resources.gpus=-1", r"^resources\.gpus: expected a non-negative integer"),
     ("backend.local.max_concurrent=0", r"^backend\.local\.max_concurrent: expected a positive integer"),
+    ("backend.slurm.max_num_timeout=-1", r"^backend\.slurm\.max_num_timeout: expected a whole number >= 0"),
+    ("model.n_layer=0", r"^model\.n_layer: expected a positive integer"),
+    ("model.n_heads=2", r"^model\.n_heads: expected set together with model\.n_layer"),
     ("backend.slurm.extra.gres=[1]", r"^backend\.slurm\.extra\.gres: expected a string, number or boolean"),
     ('data.tokenizer="bpe"', r"^data\.vocab_size: expected a vocabulary size"),
 ])
@@ -148,3 +140,13 @@ def test_validate_resources_local_needs_cuda_devices(tmp_path, monkeypatch):
     validate_resources(spec, "local")
     with pytest.raises(ConfigError, match="^backend: expected one of"):
         validate_resources(spec, "kubernetes")
+
+
+def test_slurm_max_num_timeout_reaches_the_executor(tmp_path):
+    from sweeps.launch import make_executor
+
+    spec = load_spec(write_spec(tmp_path), ["backend.slurm.max_num_timeout=7"])
+    assert spec.backend.slurm.max_num_timeout == 7
+    executor = make_executor(spec, "slurm", tmp_path / "sweep", dry_run=True)
+    assert executor.max_num_timeout == 7
+    assert make_executor(load_spec(write_spec(tmp_path)), "slurm", tmp_path, dry_run=True).max_num_timeout == 3
