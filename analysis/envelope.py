@@ -19,15 +19,12 @@ import pandas as pd
 
 from analysis.data import require_columns
 from analysis.powerlaw import (
-    PowerLawFit,
+    AllocationFit,
     bootstrap_counts,
     power_law_result,
-    round_samples,
     samples_summary,
-    summary_lines,
     weighted_line,
 )
-from analysis.result import FitResult, json_safe
 from scaling.errors import ConfigError
 
 
@@ -60,39 +57,13 @@ def _checkpoints(metrics_df: pd.DataFrame, k: float, exclude_runs) -> pd.DataFra
 
 
 @dataclass(repr=False, eq=False)
-class EnvelopeFit(FitResult):
-    """Envelope fit. params: a, b (exponents of N_opt, D_opt in C), N_coef, D_coef, L_coef, L_exponent.
-
-    .frontier: one row per FLOP value (C, N, D, loss, run_id of the winner, censored flag); .N_opt, .D_opt, .L_opt
-    PowerLawFit laws in C [FLOPs]; .samples (n_boot x 6) in params order.
-    """
+class EnvelopeFit(AllocationFit):
+    """Envelope fit (approach 1): the AllocationFit laws, and .frontier: one row per FLOP value (C, N, D, loss,
+    run_id of the winner, censored flag)."""
 
     frontier: pd.DataFrame = field(default_factory=pd.DataFrame)
-    N_opt: PowerLawFit | None = None
-    D_opt: PowerLawFit | None = None
-    L_opt: PowerLawFit | None = None
-    samples: np.ndarray | None = None
-
-    def predict(self, C) -> dict:
-        """Compute-optimal N [params], D [tokens] and loss at C [FLOPs] from the three laws."""
-        return {"N_opt": self.N_opt.predict(C), "D_opt": self.D_opt.predict(C), "L_opt": self.L_opt.predict(C)}
-
-    def summary(self) -> str:
-        p = self.params
-        head = (f"{self.name}: N_opt ∝ C^{p['a']:.3f}, D_opt ∝ C^{p['b']:.3f} "
-                f"(N in params, D in tokens, C in FLOPs)")
-        lines = summary_lines(self, head, ["n_runs", "n_bins", "n_used", "n_censored", "bootstrap"])
-        for law in (self.N_opt, self.D_opt, self.L_opt):
-            lines.append("  " + law.summary().splitlines()[0])
-        return "\n".join(lines)
-
-    def to_dict(self) -> dict:
-        d = super().to_dict()
-        d["samples"] = round_samples(self.samples)
-        d["frontier"] = json_safe(self.frontier.to_dict(orient="records"))
-        for name in ("N_opt", "D_opt", "L_opt"):
-            d[name] = getattr(self, name).to_dict()
-        return d
+    table_name = "frontier"
+    summary_keys = ("n_runs", "n_bins", "n_used", "n_censored", "bootstrap")
 
 
 def _curves_on_grid(ck: pd.DataFrame, runs: np.ndarray, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -17,15 +17,13 @@ import pandas as pd
 
 from analysis.data import budgets_of, require_columns
 from analysis.powerlaw import (
-    PowerLawFit,
+    AllocationFit,
     bootstrap_counts,
     power_law_result,
-    round_samples,
     samples_summary,
-    summary_lines,
     weighted_line,
 )
-from analysis.result import FitResult, json_safe, percentile_interval
+from analysis.result import percentile_interval
 from scaling.errors import ConfigError
 
 FLAGS = ("edge_minimum", "too_few_points", "not_convex")
@@ -128,43 +126,20 @@ def _profile(budget, logN, logD, loss, counts, window, min_side) -> BudgetProfil
 
 
 @dataclass(repr=False, eq=False)
-class IsoflopFit(FitResult):
-    """IsoFLOP fit. params: a, b (exponents of N_opt, D_opt in C), N_coef, D_coef, L_coef, L_exponent.
-
-    .budgets: one row per budget (optimum, 95% interval, flags, parabola coefficients for plotting);
-    .N_opt, .D_opt, .L_opt: PowerLawFit laws in C [FLOPs]; .samples: (n_boot x 6) draws in params order.
-    """
+class IsoflopFit(AllocationFit):
+    """IsoFLOP fit (approach 2): the AllocationFit laws, and .budgets: one row per budget (optimum, 95% interval,
+    flags, parabola coefficients for plotting)."""
 
     budgets: pd.DataFrame = field(default_factory=pd.DataFrame)
-    N_opt: PowerLawFit | None = None
-    D_opt: PowerLawFit | None = None
-    L_opt: PowerLawFit | None = None
-    samples: np.ndarray | None = None
+    table_name = "budgets"
+    summary_keys = ("n_budgets", "n_used", "window", "bootstrap", "min_points_per_side")
 
-    def predict(self, C) -> dict:
-        """Compute-optimal N [params], D [tokens] and loss at C [FLOPs] from the three laws."""
-        return {"N_opt": self.N_opt.predict(C), "D_opt": self.D_opt.predict(C), "L_opt": self.L_opt.predict(C)}
-
-    def summary(self) -> str:
-        p = self.params
-        head = (f"{self.name}: N_opt ∝ C^{p['a']:.3f}, D_opt ∝ C^{p['b']:.3f} "
-                f"(N in params, D in tokens, C in FLOPs; a + b = {p['a'] + p['b']:.3f})")
-        lines = summary_lines(self, head, ["n_budgets", "n_used", "window", "bootstrap", "min_points_per_side"])
-        lines.append("  per budget:      C [FLOPs]   N_opt [params] (95% CI)          D_opt [tokens]   L_opt   flags")
+    def table_lines(self) -> list[str]:
+        lines = ["  per budget:      C [FLOPs]   N_opt [params] (95% CI)          D_opt [tokens]   L_opt   flags"]
         for r in self.budgets.itertuples():
             lines.append(f"    {r.budget:14.4g}   {r.N_opt:10.4g} [{r.N_opt_lo:.3g}, {r.N_opt_hi:.3g}]   "
                          f"{r.D_opt:12.4g}   {r.L_opt:.4f}   {','.join(r.flags) or '-'}")
-        for law in (self.N_opt, self.D_opt, self.L_opt):
-            lines.append("  " + law.summary().splitlines()[0])
-        return "\n".join(lines)
-
-    def to_dict(self) -> dict:
-        d = super().to_dict()
-        d["samples"] = round_samples(self.samples)
-        d["budgets"] = json_safe(self.budgets.to_dict(orient="records"))
-        for name in ("N_opt", "D_opt", "L_opt"):
-            d[name] = getattr(self, name).to_dict()
-        return d
+        return lines
 
 
 def _budget_table(profiles: list[BudgetProfile]) -> pd.DataFrame:

@@ -14,7 +14,7 @@ import numpy as np
 from scipy.optimize import least_squares
 
 from analysis.bootstrap import bootstrap_indices
-from analysis.result import FitResult, percentile_interval
+from analysis.result import FitResult, json_safe, percentile_interval
 from scaling.errors import ConfigError
 
 # ---------------------------------------------------------------- bootstrap counts
@@ -78,17 +78,7 @@ def format_value(v) -> str:
 
 def summary_lines(fit: FitResult, header: str, diag_keys=None) -> list[str]:
     """Header, one line per parameter with its 95% interval and bootstrap SE, then chosen diagnostics."""
-    lines = [header]
-    for k, v in fit.params.items():
-        line = f"  {k:>12s} = {v:.6g}"
-        if k in fit.intervals:
-            lo, hi = fit.intervals[k]
-            line += f"   95% CI [{lo:.6g}, {hi:.6g}]"
-        if k in fit.stderr:
-            line += f"   se {fit.stderr[k]:.3g}"
-        lines.append(line)
-    if fit.n_boot:
-        lines.append(f"  bootstrap resamples: {fit.n_boot}")
+    lines = [header, *fit.param_lines()]
     keys = diag_keys if diag_keys is not None else list(fit.diagnostics)
     for k in keys:
         v = fit.diagnostics.get(k)
@@ -178,6 +168,48 @@ class PowerLawFit(FitResult):
                    stderr=dict(d.get("stderr") or {}), n_boot=int(d.get("n_boot") or len(arr)),
                    diagnostics=dict(d.get("diagnostics") or {}), samples=arr,
                    x_name=d.get("x_name", "x"), y_name=d.get("y_name", "y"), name=d.get("name", "power law"))
+
+
+@dataclass(repr=False, eq=False)
+class AllocationFit(FitResult):
+    """Base of the fits that end in compute-optimal laws (approaches 1 and 2). params: a, b (exponents of N_opt,
+    D_opt in C), N_coef, D_coef, L_coef, L_exponent; .N_opt, .D_opt, .L_opt: PowerLawFit laws in C [FLOPs];
+    .samples: (n_boot x 6) draws in params order. Subclasses add their table (`table_name`) and diagnostics."""
+
+    N_opt: PowerLawFit | None = None
+    D_opt: PowerLawFit | None = None
+    L_opt: PowerLawFit | None = None
+    samples: np.ndarray | None = None
+    table_name = ""  # the subclass's per-budget / per-FLOP-value DataFrame attribute, written by to_dict
+    summary_keys = ()  # diagnostics shown by summary() (a class attribute, not a field)
+
+    def predict(self, C) -> dict:
+        """Compute-optimal N [params], D [tokens] and loss at C [FLOPs] from the three laws."""
+        return {"N_opt": self.N_opt.predict(C), "D_opt": self.D_opt.predict(C), "L_opt": self.L_opt.predict(C)}
+
+    def summary_head(self) -> list[str]:
+        p = self.params
+        head = (f"{self.name}: N_opt ∝ C^{p['a']:.3f}, D_opt ∝ C^{p['b']:.3f} "
+                f"(N in params, D in tokens, C in FLOPs; a + b = {p['a'] + p['b']:.3f})")
+        return summary_lines(self, head, list(self.summary_keys))
+
+    def summary(self) -> str:
+        lines = self.summary_head() + self.table_lines()
+        for law in (self.N_opt, self.D_opt, self.L_opt):
+            lines.append("  " + law.summary().splitlines()[0])
+        return "\n".join(lines)
+
+    def table_lines(self) -> list[str]:
+        """Extra summary lines for the subclass's table (none by default)."""
+        return []
+
+    def to_dict(self) -> dict:
+        d = super().to_dict()
+        d["samples"] = round_samples(self.samples)
+        d[self.table_name] = json_safe(getattr(self, self.table_name).to_dict(orient="records"))
+        for name in ("N_opt", "D_opt", "L_opt"):
+            d[name] = getattr(self, name).to_dict()
+        return d
 
 
 def power_law_result(x, y, coef: float, exponent: float, samples: np.ndarray | None, *, weights=None,

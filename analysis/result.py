@@ -55,9 +55,9 @@ class FitResult:
             return params[item]
         raise AttributeError(item)
 
-    def summary(self) -> str:
-        lines = [f"{self.name}: {'converged' if self.success else 'NOT CONVERGED'}"
-                 + (f" ({self.message})" if self.message else "")]
+    def param_lines(self) -> list[str]:
+        """One line per parameter with its 95% interval and bootstrap SE, then the number of resamples."""
+        lines = []
         for k, v in self.params.items():
             line = f"  {k:>12s} = {v:.6g}"
             if k in self.intervals:
@@ -68,6 +68,12 @@ class FitResult:
             lines.append(line)
         if self.n_boot:
             lines.append(f"  bootstrap resamples: {self.n_boot}")
+        return lines
+
+    def summary(self) -> str:
+        lines = [f"{self.name}: {'converged' if self.success else 'NOT CONVERGED'}"
+                 + (f" ({self.message})" if self.message else "")]
+        lines += self.param_lines()
         for k, v in self.diagnostics.items():
             if isinstance(v, (int, float, str, bool, np.floating, np.integer)):
                 lines.append(f"  {k}: {v}")

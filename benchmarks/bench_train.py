@@ -1,6 +1,6 @@
 """Training throughput of the trainer's step against a minimal nanoGPT-style eager loop, in one process.
 
-    python benchmarks/bench_train.py            # ~1M and ~10M non-embedding params, 5 rounds
+    python benchmarks/bench_train.py            # ~1M and ~10M non-embedding params, 7 rounds
     python benchmarks/bench_train.py --quick    # 2 rounds of 2 steps
 
 (a) `scaling.train.train_step` on `scaling.model.build_model` with `scaling.train.build_optimizer` (the code
@@ -143,7 +143,7 @@ def bench_shape(name: str, n_layer: int, d: int, batch: int, rounds: int, steps:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="2 rounds of 2 steps")
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--steps", type=int, default=4, help="optimizer steps per timed block")
     p.add_argument("--batch", type=int, default=8, help="sequences of 256 tokens per step")
     p.add_argument("--threads", type=int, default=None)

@@ -153,7 +153,7 @@ def make_executor(spec, backend: str, sweep_dir: Path, dry_run: bool = False) ->
             raise ConfigError("backend", "a machine with sbatch and srun on PATH for backend 'slurm' "
                               "(or --dry-run to print the sbatch script)", backend)
         return SlurmExecutor(folder=Path(sweep_dir) / "slurm", job_name=spec.name,
-                             max_num_timeout=getattr(spec.backend.slurm, "max_num_timeout", 3))
+                             max_num_timeout=spec.backend.slurm.max_num_timeout)
     raise ConfigError("backend", "one of ('local', 'slurm')", backend)
 
 

@@ -1,4 +1,8 @@
-"""`scaling sweep status DIR`: runs per state and a progress table, read from the results store (no side effects)."""
+"""`scaling sweep status DIR`: runs per state and a progress table, read from the results store (no side effects).
+
+The `job` column is the run's newest scheduler job as `backend:job_id STATE`; the states of SLURM jobs not known to
+be over are asked of sacct/squeue when sbatch is on PATH (PENDING, RUNNING, REQUEUED, PREEMPTED, ...).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from pathlib import Path
 from sweeps.results import read_jsonl, sweep_dirs
 from sweeps.store import FINAL, STATES, Store
 
-STATUS_HEADERS = ["run_id", "status", "kind", "budget", "N", "shape", "steps", "tokens", "loss", "tries"]
+STATUS_HEADERS = ["run_id", "status", "kind", "budget", "N", "shape", "steps", "tokens", "loss", "tries", "job"]
 
 
 def run_progress(store: Store, run_id: str) -> dict:
@@ -38,8 +42,14 @@ def run_progress(store: Store, run_id: str) -> dict:
 
 def sweep_status(sweep_dir: str | os.PathLike) -> tuple[dict[str, int], list[dict]]:
     """(runs per state, one progress dict per run in plan order) of one sweep folder."""
+    from sweeps.launch import job_status
+
     store = Store(sweep_dir)
     rows = [run_progress(store, run_id) for run_id in store.run_ids()]
+    jobs = job_status(sweep_dir)
+    for row in rows:
+        job = jobs.get(row["run_id"])
+        row["job"] = f"{job['backend']}:{job['job_id']} {job.get('state') or '?'}" if job else ""
     counts = dict.fromkeys(STATES, 0)
     for row in rows:
         counts[row["status"]] += 1
@@ -66,7 +76,7 @@ def _status_cells(r: dict) -> list[str]:
         r["run_id"], r["status"], r["kind"], f"{r['budget']:.2e}", si(r["N"]),
         f"{s['n_layer']}x{s['d_model']} h{s['n_heads']}", f"{r['steps_done']}/{r['steps']}",
         f"{si(r['tokens_done'])}/{si(r['tokens'])} ({frac:.0%})",
-        f"{loss:.4f}" if isinstance(loss, (int, float)) else "-", str(r["tries"]),
+        f"{loss:.4f}" if isinstance(loss, (int, float)) else "-", str(r["tries"]), r.get("job") or "-",
     ]
 
 

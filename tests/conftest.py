@@ -59,6 +59,17 @@ threads_per_run = 1
     return path
 
 
+@pytest.fixture
+def one_thread():
+    """Run the test on one torch thread (tiny models run fastest so, and the CPU is shared with other tests)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def make_spec():
     """`write_spec(path, *, name, seeds, budget, checkpoint_every, eval_every, max_concurrent, batch_range) -> path`."""

@@ -31,13 +31,7 @@ SHAPES = [
 EMBEDDING_TABLES = ("wte.weight", "wpe.weight", "tok_embeddings.weight", "output.weight")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and the CPU is shared with other test processes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_gpt2_counts_by_hand():

@@ -12,10 +12,10 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
+from helpers import wait_for
 
 from sweeps.executors.local import LocalExecutor
 from sweeps.launch import job_status, launch, load_jobs
@@ -34,16 +34,6 @@ def local_sweep(tmp_path_factory, make_spec):
 
 def final_loss(sweep_dir: Path, run_id: str) -> float:
     return Store(sweep_dir).summary(run_id)["val_loss"]
-
-
-def wait_for(predicate, timeout: float = 120.0, poll: float = 0.01):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(poll)
-    raise TimeoutError("condition not met")
 
 
 def first_checkpoint_and_pid(store: Store, run_id: str) -> int | None:

@@ -10,10 +10,10 @@ from __future__ import annotations
 import math
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
+from helpers import wait_for
 
 from sweeps.executors.slurm import SlurmExecutor
 from sweeps.launch import follow, job_status, launch
@@ -24,16 +24,6 @@ pytestmark = pytest.mark.slurm
 
 def executor(root: Path, name: str = "tiny") -> SlurmExecutor:
     return SlurmExecutor(root / "submitit", job_name=name, max_num_timeout=10)
-
-
-def wait_for(predicate, timeout: float = 180.0, poll: float = 0.1):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(poll)
-    raise TimeoutError("condition not met")
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +49,10 @@ def test_array_completes_and_loads(slurm_sweep):
     assert set(metrics.run_id) == set(result.submitted)
     store = Store(result.sweep_dir)
     assert {store.attempts(r)[-1]["job_id"] for r in result.submitted} == set(ids)
+    from sweeps.status import format_status
+
+    text = format_status(result.sweep_dir)
+    assert all(f"slurm:{i} COMPLETED" in text for i in ids)
 
 
 def test_relaunch_submits_nothing(slurm_sweep):
@@ -103,7 +97,7 @@ def test_real_preemption_requeues_and_resumes_to_the_same_loss(tmp_path, make_sp
     result = launch(spec, backend="slurm", results=tmp_path / "results", executor=ex)
     (run_id,) = result.submitted
     store = Store(tmp_path / "results" / "long")
-    wait_for(lambda: list((store.run_dir(run_id) / "checkpoints").glob("ckpt_*.pt")))
+    wait_for(lambda: list((store.run_dir(run_id) / "checkpoints").glob("ckpt_*.pt")), timeout=180, poll=0.1)
     assert not (store.run_dir(run_id) / "summary.json").exists(), "the run ended before it could be preempted"
     blocker = subprocess.run(["sbatch", "--parsable", "-p", "high", "-c", str(os.cpu_count()), "--mem=100",
                               "--job-name=blocker", "-o", str(tmp_path / "blocker.out"), "--wrap", "sleep 5"],

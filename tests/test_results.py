@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+from helpers import small_spec_text
 
 from scaling.accounting import CONVENTIONS
 from scaling.cli import main
@@ -15,20 +16,7 @@ from sweeps.spec import load_spec
 from sweeps.status import format_status, sweep_status
 from sweeps.store import Store, write_json_atomic
 
-SMALL = """
-name = "small"
-[model]
-family = "gpt2"
-seq_len = 32
-head_dim = 8
-[budgets]
-values = [1e11]
-[grid]
-models_per_budget = 5
-spread = 6.0
-[train]
-batch_size = 4
-"""
+SMALL = small_spec_text("[1e11]", 5, 6.0)
 # Exactly the columns docs/design.md lists, written out here rather than imported from the code under test.
 RUN_COLUMNS = ["run_id", "status", "budget", "kind", "family", "n_layer", "d_model", "n_heads", "d_ff", "seq_len", "N",
                "N_total", "D", "C", *[f"C_{c}" for c in CONVENTIONS], "loss", "lr", "batch_size", "steps", "seed",
@@ -139,6 +127,21 @@ def test_status_counts_and_progress(sweep):
     text = format_status(store.root)
     assert "completed 1, diverged 1, failed 1" in text and "running 1" in text
     assert f"4/{running.steps}" in text and "2.2500" in text
+
+
+def test_status_shows_each_runs_newest_job(sweep):
+    from sweeps.launch import record_jobs
+
+    store, (done, _, running, _, _) = sweep
+    record_jobs(store.root, [(running.run_id, "4101", "local", "RUNNING"), (done.run_id, "4100", "local", "FAILED"),
+                             (done.run_id, "4102", "local", "COMPLETED")])
+    try:
+        rows = {r["run_id"]: r for r in sweep_status(store.root)[1]}
+        assert rows[running.run_id]["job"] == "local:4101 RUNNING"
+        assert rows[done.run_id]["job"] == "local:4102 COMPLETED"  # the newest try, not the failed one
+        assert "local:4101 RUNNING" in format_status(store.root)
+    finally:
+        (store.root / "jobs.json").unlink()
 
 
 def test_cli_status_and_plan(sweep, capsys):
