@@ -279,17 +279,14 @@ def _convention_sensitivity(df: pd.DataFrame, report: FitReport, n_boot: int, se
     par = report.fits.get("parametric")
     rows = []
     for conv in present:
-        n_col = _param_column(df, report.meta, "total" if conv == "6N_total" else "non-embedding")
+        n_col, n_count = _param_column(df, report.meta, "total" if conv == "6N_total" else "non-embedding")
         var = df.copy()
         var["C"] = var[f"C_{conv}"]
         var["N"] = var[n_col]
         var["budget"] = var.groupby("budget")["C"].transform(lambda c: float(np.exp(np.log(c).mean())))
         k = float(np.median(var["C"] / (var["N"] * var["D"])))
         target_conv = target * float(np.median(top[f"C_{conv}"] / top["C"]))
-        n_count = report.meta.get("parameter_count", "non-embedding") if n_col == "N" else \
-            ("total" if n_col == "N_total" else "non-embedding")
-        row = {"convention": conv, "N_count": n_count, "k": k,
-               "target_C": target_conv}
+        row = {"convention": conv, "N_count": n_count, "k": k, "target_C": target_conv}
         try:
             iso = fit_isoflop(var, window=window, n_boot=n_boot, seed=seed, k=k)
             pred = iso.predict(target_conv)
@@ -305,12 +302,14 @@ def _convention_sensitivity(df: pd.DataFrame, report: FitReport, n_boot: int, se
     return pd.DataFrame(rows)
 
 
-def _param_column(df: pd.DataFrame, meta: dict, count: str) -> str:
-    """The column holding `count` ("total" / "non-embedding") params: N when the fit already counts that way."""
-    if meta.get("parameter_count", "non-embedding") == count:
-        return "N"
+def _param_column(df: pd.DataFrame, meta: dict, count: str) -> tuple[str, str]:
+    """(column, what it counts) for `count` ("total" / "non-embedding") params: N when the fit already counts that
+    way or the other column is absent, else N_total / N_non_embedding."""
+    have = meta.get("parameter_count", "non-embedding")
     other = "N_total" if count == "total" else "N_non_embedding"
-    return other if other in df.columns else "N"
+    if have != count and other in df.columns:
+        return other, count
+    return "N", have
 
 
 def _parametric_at_target(par, var: pd.DataFrame, n_col: str, k: float, target: float, seed: int) -> dict:

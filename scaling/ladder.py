@@ -14,14 +14,14 @@ The rule (deterministic):
    multiples bracketing the target (bisection on the exact count from `count_params`). Among candidates within
    FIT_TOLERANCE (2%) of the target, take the one whose aspect ratio is nearest the rule (in log), ties to the smaller
    error. If none is that close, retry with head_dim halved (down to 2; not when head_dim is given).
-   With `n_layer` given (a fixed-depth ladder), the shape varies by width alone: the d_model multiple whose count at
-   the family's default d_ff is nearest the target (in log), so every shape keeps the same depth, head size and MLP
-   ratio. The target is then met only to within half a width step (at most FIXED_DEPTH_MAX_ERROR, 30%), which the
-   sweeps' isoFLOP grids accept (they compute D from the realized N). With `n_heads` also given, the head count is
-   fixed and head_dim = d_model / n_heads grows with the width (on a CPU, attention's cost grows with the number of
-   heads: 2 heads train 2-3x faster than 2-wide heads at d_model 16-32). Tiny models (~1e3-1e5 params) need this for
-   smooth isoFLOP curves: there the rule's depth jumps between neighbouring sizes (1 vs 3 layers), and d_ff moved to
-   land a target, change the loss more than the size does.
+   With `n_layer` given (a fixed-depth ladder), the shape varies by width alone: the d_model multiple (of head_dim,
+   given or from rule 2) whose count at the family's default d_ff is nearest the target (in log), so every shape
+   keeps the same depth and MLP ratio. The target is then met only to within half a width step (at most
+   FIXED_DEPTH_MAX_ERROR, 30%), which the sweeps' isoFLOP grids accept (they compute D from the realized N). With
+   `n_heads` also given, the head count is fixed and head_dim = d_model / n_heads grows with the width (on a CPU,
+   attention's cost grows with the number of heads: 2 heads train 2-3x faster than 2-wide heads at d_model 16-32).
+   Tiny models (~1e3-1e5 params) need this for smooth isoFLOP curves: there the rule's depth jumps between
+   neighbouring sizes (1 vs 3 layers), and d_ff moved to land a target, change the loss more than the size does.
 5. Last resort (only tiny models, below ~1e5 params, where d_model steps are coarse): take the closest candidate and move
    its d_ff (by at most 25%) so the count lands on the target. If it still misses by more than MAX_REL_ERROR (5%),
    raise ConfigError naming `n_params`.
@@ -115,8 +115,8 @@ def shape_for_params(
     _check_positive_int("vocab_size", vocab_size)
 
     if n_layer is not None:
-        return _fixed_depth_shape(n_params, family, n_layer, head_dim if explicit_head_dim else None, n_heads,
-                                  seq_len, vocab_size, count, n_kv_heads_ratio)
+        return _fixed_depth_shape(n_params, family, n_layer, None if n_heads else head_dim, n_heads, seq_len,
+                                  vocab_size, count, n_kv_heads_ratio)
     head_dims = [head_dim] if explicit_head_dim else _halvings(head_dim, 2)
     candidates: list[tuple[float, float, int, int, int]] = []  # (rel. error, aspect deviation, n_layer, d_model, hd)
     for hd in head_dims:
@@ -189,15 +189,14 @@ def _shape(
 
 def _candidates(
     n_params: float, family: str, head_dim: int, aspect_ratio: float, seq_len: int, vocab_size: int, count: str,
-    n_kv_heads_ratio: int, fixed_layers: int | None = None,
+    n_kv_heads_ratio: int,
 ) -> list[tuple[float, float, int, int, int]]:
     """(relative error, |log aspect deviation|, n_layer, d_model, head_dim) of the d_model multiples bracketing the
-    target at each depth from 1/4 to 4x the guide depth, or at `fixed_layers` only."""
+    target at each depth from 1/4 to 4x the guide depth."""
     step = head_dim * n_kv_heads_ratio
     guide_layers = guide_width(n_params, aspect_ratio) / aspect_ratio
-    depths = range(max(1, math.floor(guide_layers / 4)), max(4, math.ceil(4 * guide_layers)) + 1)
     found = []
-    for n_layer in [fixed_layers] if fixed_layers is not None else depths:
+    for n_layer in range(max(1, math.floor(guide_layers / 4)), max(4, math.ceil(4 * guide_layers)) + 1):
         shape_at = functools.partial(_shape, family, n_layer, head_dim=head_dim, seq_len=seq_len,
                                      vocab_size=vocab_size, n_kv_heads_ratio=n_kv_heads_ratio)
 

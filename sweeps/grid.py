@@ -184,15 +184,7 @@ def _next_free_shape(build, cfg: ModelConfig, target: float, n_opt: float, taken
     if cfg not in taken or math.isclose(target, n_opt, rel_tol=1e-9):
         return cfg
     step = 1.05 if target > n_opt else 1 / 1.05
-    for _ in range(40):
-        target *= step
-        try:
-            cfg = build(target)
-        except ConfigError:  # a gap, or past the end of the ladder
-            continue
-        if cfg not in taken:
-            return cfg
-    return cfg
+    return _first_buildable(build, (target * step**i for i in range(1, 41)), taken) or cfg
 
 
 def nearest_buildable(build, target: float) -> ModelConfig:
@@ -201,13 +193,23 @@ def nearest_buildable(build, target: float) -> ModelConfig:
     try:
         return build(target)
     except ConfigError:
-        for step in range(1, round(GAP_SHIFT * 100) + 1):
-            for factor in (1 - step / 100, 1 + step / 100):
-                try:
-                    return build(target * factor)
-                except ConfigError:
-                    continue
-        raise
+        steps = range(1, round(GAP_SHIFT * 100) + 1)
+        cfg = _first_buildable(build, (target * (1 + sign * i / 100) for i in steps for sign in (-1, 1)))
+        if cfg is None:
+            raise
+        return cfg
+
+
+def _first_buildable(build, targets, taken=()) -> ModelConfig | None:
+    """The first shape `build` makes from `targets` (skipping ladder gaps) that is not in `taken`; None if none."""
+    for target in targets:
+        try:
+            cfg = build(target)
+        except ConfigError:  # a gap, or past the end of the ladder
+            continue
+        if cfg not in taken:
+            return cfg
+    return None
 
 
 def hparam_points(spec: SweepSpec, budget: float, n_opt: float, models: list[ModelConfig]) -> list[tuple]:

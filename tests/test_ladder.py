@@ -90,6 +90,8 @@ def test_fixed_depth_varies_width_only_with_the_default_mlp():
     assert {shape_for_params(n, "gpt2", head_dim=2, seq_len=128).n_layer for n in sizes} != {2}
     with pytest.raises(ConfigError, match="^n_layer"):
         shape_for_params(1e5, n_layer=0)
+    free_heads = shape_for_params(1e6, n_layer=4)  # head_dim from rule 2
+    assert free_heads.n_layer == 4 and relative_error(free_heads, 1e6) <= 0.3
     with pytest.raises(ConfigError, match="^n_params"):
         shape_for_params(10, n_layer=2, head_dim=2)  # far below the narrowest 2-layer shape
 

@@ -132,3 +132,17 @@ def test_allocation_legend_states_each_approachs_exponent(report):
     par, iso = report.fits["parametric"].params, report.fits["isoflop"].params
     assert f"approach 3: ∝ C^{par['a']:.3f}" in labels and f"approach 3: ∝ C^{par['b']:.3f}" in labels
     assert f"approach 2: ∝ C^{iso['a']:.3f}" in labels and f"approach 2: ∝ C^{iso['b']:.3f}" in labels
+
+
+def test_convention_sensitivity_of_a_6n_total_sweep_counts_each_conventions_params():
+    from analysis.data import count_params_as_convention
+
+    runs = synthetic_runs(seed=1).assign(flop_convention="6N_total")
+    runs = count_params_as_convention(runs)  # as load_runs does for a 6N_total sweep: N = all params
+    runs["C"] = runs["C_6N_total"]
+    rep = fit_all(runs, laws=["isoflop"], n_boot=20, seed=0, backtest=False)
+    assert rep.meta["parameter_count"] == "total"
+    table = rep.convention_sensitivity.set_index("convention")
+    assert table.loc["6N_total", "N_count"] == "total" and table.loc["6N", "N_count"] == "non-embedding"
+    # the 6N row refits on the non-embedding counts (N_total = 1.08 N in synthetic_runs)
+    assert table.loc["6N_total", "N_opt_target"] / table.loc["6N", "N_opt_target"] == pytest.approx(1.08, rel=0.02)
