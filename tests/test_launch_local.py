@@ -97,9 +97,21 @@ def test_kill9_and_cancel_are_reported_and_resume_to_the_same_loss(local_sweep, 
     store = Store(tmp_path / "results" / "tiny")
     wait_for(lambda: len(executor.jobs) == 2)
     killed, cancelled = executor.jobs
-    os.kill(wait_for(lambda: first_checkpoint_and_pid(store, killed.run_dir.name)), signal.SIGKILL)
-    wait_for(lambda: first_checkpoint_and_pid(store, cancelled.run_dir.name))
-    cancelled.cancel()
+    # each run is held with SIGSTOP as soon as it is mid-way (a checkpoint written, not finished), so neither can
+    # finish before the other gets there, however the two workers are scheduled
+    held: dict[str, int] = {}
+
+    def hold_both() -> bool:
+        for job in (killed, cancelled):
+            if job.run_dir.name not in held and (pid := first_checkpoint_and_pid(store, job.run_dir.name)):
+                os.kill(pid, signal.SIGSTOP)
+                held[job.run_dir.name] = pid
+        return len(held) == 2
+
+    wait_for(hold_both)
+    os.kill(held[killed.run_dir.name], signal.SIGKILL)
+    cancelled.cancel()  # SIGTERM, delivered when the worker continues
+    os.kill(held[cancelled.run_dir.name], signal.SIGCONT)
     thread.join(timeout=120)
     result = out["result"]
     kid, cid = killed.run_dir.name, cancelled.run_dir.name
