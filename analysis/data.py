@@ -1,8 +1,8 @@
 """Load sweep results into one runs table with canonical columns, and group runs into FLOP budgets.
 
-Canonical columns: N (params: for sweeps non-embedding, or all params when the budgets use the 6N_total convention), D (training tokens), loss (final validation loss,
-nats/token), C (training FLOPs; default 6·N·D), and optionally lr, batch_size (tokens), run_id, step, status,
-budget (the FLOP budget a run belongs to). Every other column of the source is kept as is.
+Canonical columns: N (params; for sweeps non-embedding, or all params when the budgets use the 6N_total
+convention), D (training tokens), loss (final validation loss, nats/token), C (training FLOPs; default 6·N·D), and
+optionally lr, batch_size (tokens), run_id, step, status, budget (the FLOP budget a run belongs to). Every other column of the source is kept as is.
 """
 
 from __future__ import annotations

@@ -514,8 +514,7 @@ def _validate_train(t: TrainSpec) -> None:
     if len(set(t.seeds)) != len(t.seeds):
         raise ConfigError("train.seeds", "distinct seeds", t.seeds)
     for i, s in enumerate(t.seeds):
-        if s < 0:
-            raise ConfigError(f"train.seeds[{i}]", "a non-negative integer", s)
+        _non_negative_int(s, f"train.seeds[{i}]")
     _validate_passthrough(t.passthrough)
 
 
@@ -552,8 +551,7 @@ def match_budget(value: float, budgets: list[float], rel: float = 0.02) -> float
 
 def _validate_resources(spec: SweepSpec) -> None:
     r = spec.resources
-    if r.gpus < 0:
-        raise ConfigError("resources.gpus", "a non-negative integer", r.gpus)
+    _non_negative_int(r.gpus, "resources.gpus")
     _positive_int(r.cpus, "resources.cpus")
     _positive(r.mem_gb, "resources.mem_gb", "a positive number of GB")
     _positive_int(r.time_min, "resources.time_min")
@@ -564,9 +562,7 @@ def _validate_resources(spec: SweepSpec) -> None:
         _positive_int(spec.backend.local.threads_per_run, "backend.local.threads_per_run")
     s = spec.backend.slurm
     _positive_int(s.array_parallelism, "backend.slurm.array_parallelism")
-    if isinstance(s.max_num_timeout, bool) or not isinstance(s.max_num_timeout, int) or s.max_num_timeout < 0:
-        raise ConfigError("backend.slurm.max_num_timeout", "a whole number >= 0 (requeues after time-outs)",
-                          s.max_num_timeout)
+    _non_negative_int(s.max_num_timeout, "backend.slurm.max_num_timeout")
     for key, value in s.extra.items():
         if isinstance(value, (dict, list)) or value is None:
             raise ConfigError(f"backend.slurm.extra.{key}", "a string, number or boolean sbatch option value", value)
@@ -598,3 +594,8 @@ def _positive(value: object, name: str, what: str) -> None:
 def _positive_int(value: object, name: str) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise ConfigError(name, "a positive integer", value)
+
+
+def _non_negative_int(value: object, name: str) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ConfigError(name, "a non-negative integer", value)
