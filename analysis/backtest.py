@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.result import FitResult, json_safe, percentile_interval
+from analysis.selection import budget_optima, select_size_runs
 from scaling.errors import ConfigError
 
 QUANTITIES = ("loss", "N_opt", "D_opt")
@@ -59,45 +60,6 @@ class BacktestResult(FitResult):
         d = super().to_dict()
         d["rows"] = self.rows
         return d
-
-
-def select_size_runs(df: pd.DataFrame) -> pd.DataFrame:
-    """Runs usable for loss-vs-size fits (isoflop, parametric, L(C)).
-
-    Hyperparameter-scan runs (`kind == "hparam"`) are left out when isoFLOP runs exist; where several runs share a
-    (budget, N) and the table has lr or batch_size columns (an LR or batch scan at one size) only the lowest-loss
-    one is kept, the best-tuned point. Without those columns repeated sizes are kept (e.g. digitised published data).
-    """
-    if "kind" in df.columns:
-        is_hp = df["kind"].astype(str) == "hparam"
-        if is_hp.any() and (~is_hp).any():
-            df = df[~is_hp]
-    scanned = {"lr", "batch_size"} & set(df.columns)
-    if scanned and df.duplicated(["budget", "N"]).any():
-        df = df.loc[df.groupby(["budget", "N"])["loss"].idxmin()]
-    return df.sort_values(["budget", "N"]).reset_index(drop=True)
-
-
-def budget_optima(df: pd.DataFrame, iso=None) -> pd.DataFrame:
-    """Per budget: the measured optimum (budget, N_opt, D_opt, L_opt, source).
-
-    From the isoflop fit's parabola vertex where that budget is not flagged, else the lowest-loss run.
-    """
-    rows = []
-    by_budget = {}
-    if iso is not None:
-        by_budget = {float(r["budget"]): r for r in iso.budgets.to_dict("records")}
-    for budget, group in df.groupby("budget"):
-        r = by_budget.get(float(budget))
-        if r is not None and not r.get("flags") and all(math.isfinite(r.get(q, math.nan)) for q in
-                                                         ("N_opt", "D_opt", "L_opt")):
-            rows.append({"budget": float(budget), "N_opt": r["N_opt"], "D_opt": r["D_opt"], "L_opt": r["L_opt"],
-                         "source": "parabola vertex"})
-        else:
-            best = group.loc[group["loss"].idxmin()]
-            rows.append({"budget": float(budget), "N_opt": float(best["N"]), "D_opt": float(best["D"]),
-                         "L_opt": float(best["loss"]), "source": "lowest-loss run"})
-    return pd.DataFrame(rows)
 
 
 def backtest(runs, *, cutoff: float | None = None, n_boot: int = 200, seed: int = 0, window: float | None = None,

@@ -17,7 +17,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
-from analysis.backtest import budget_optima, select_size_runs
+from analysis.selection import budget_optima, select_size_runs
 
 BAND_ALPHA = 0.2
 MAX_LEGEND_BUDGETS = 12  # more budgets than this get a colour scale instead of a legend

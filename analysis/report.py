@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.backtest import budget_optima, select_size_runs
 from analysis.result import FitResult, json_safe
+from analysis.selection import budget_optima, hyperparam_runs, select_size_runs
 from scaling.errors import ConfigError
 
 LAWS = ("isoflop", "loss_vs_compute", "parametric", "envelope", "hyperparams")
@@ -179,17 +179,6 @@ def _fit_envelope(df: pd.DataFrame, n_boot: int, seed: int):
         raise ConfigError("envelope", "per-checkpoint metrics (a sweep results directory with metrics.jsonl)",
                           "none in this source")
     return fit_envelope(metrics, n_boot=n_boot, seed=seed)
-
-
-def hyperparam_runs(df: pd.DataFrame) -> pd.DataFrame:
-    """Runs for the LR/batch fits: every run at a (budget, N) that has `kind == "hparam"` runs when the table says so
-    (the grid's centre is usually shared with the isoFLOP run of that size and kept under kind "isoflop"), else every
-    run."""
-    if "kind" in df.columns and (df["kind"].astype(str) == "hparam").any():
-        hp = df[df["kind"].astype(str) == "hparam"]
-        keys = set(zip(hp["budget"], hp["N"]))
-        return df[[(b, n) in keys for b, n in zip(df["budget"], df["N"])]]
-    return df
 
 
 def _fit_hyperparams(df: pd.DataFrame, n_boot: int, seed: int):
