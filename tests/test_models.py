@@ -122,14 +122,24 @@ def test_gpt2_output_head_is_the_token_embedding():
     cfg = TINY["gpt2"]
     model = built(cfg)
     tables = [p for p in model.parameters() if p.shape == (cfg.vocab_size, cfg.d_model)]
-    assert len(tables) == 1
+    assert len(tables) == 1 and tables[0] is model.wte.weight  # one (V, C) table, and it is the embedding
     idx = torch.zeros(1, 4, dtype=torch.long)
+    final = {}
+    hook = model.ln_f.register_forward_hook(lambda module, args, out: final.update(h=out.detach().clone()))
+    # A random (not constant) change: LayerNorm output has zero mean over C, so a constant shift would move the
+    # logit by float rounding only.
+    delta = torch.randn(cfg.d_model, generator=torch.Generator().manual_seed(8))
     with torch.no_grad():
         before = model(idx)
-        model.wte.weight[7] += 1.0  # token 7 never appears in idx: only its logit can move
+        model.wte.weight[7] += delta  # token 7 never appears in idx: the hidden states stay the same
         after = model(idx)
-    moved = (after - before).abs().amax(dim=(0, 1)) > 1e-6
-    assert moved.nonzero().flatten().tolist() == [7]
+    hook.remove()
+    change = after - before  # (1, 4, V)
+    expected = final["h"] @ delta  # (1, 4): logit_7 = h . wte[7] moves by h . delta
+    assert expected.abs().min() > 0.5  # a change far above rounding
+    torch.testing.assert_close(change[..., 7], expected, rtol=1e-5, atol=1e-5)
+    others = torch.cat((change[..., :7], change[..., 8:]), dim=-1)
+    assert others.abs().amax() == 0  # no other logit moves
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
