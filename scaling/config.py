@@ -57,8 +57,8 @@ class ModelConfig:
             raise ConfigError("model.bias", "false for family 'llama' (no biases)", self.bias)
         for name in ("rope_theta", "norm_eps"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
-                raise ConfigError(f"model.{name}", "a positive number", value)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
+                raise ConfigError(f"model.{name}", "a positive finite number", value)
         return self
 
     @classmethod

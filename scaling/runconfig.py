@@ -8,23 +8,32 @@ Checks that need the corpus (its vocabulary, the FLOP budget in tokens) happen i
 from __future__ import annotations
 
 import dataclasses
-import math
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from scaling.accounting import CONVENTIONS
 from scaling.config import ModelConfig
+from scaling.configfile import (
+    at_least,
+    build,
+    coerce,
+    in_range,
+    non_negative,
+    non_negative_int,
+    one_of,
+    parse_value,  # noqa: F401 - re-exported: callers parse override values through here
+    positive,
+    positive_int,
+    read_toml,
+    split_override,
+    writable_dir,
+)
 from scaling.errors import ConfigError
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
+from scaling.tokenizers import TOKENIZERS
 
 DEFAULT_TOKENS = 2**20  # the no-argument run: ~1M tokens of a ~0.8M-param gpt2, about a minute on 2 CPU cores
 SCHEDULES = ("cosine", "wsd")
 DECAY_SHAPES = ("linear", "sqrt", "cosine")
-TOKENIZERS = ("bytes", "bpe")
 # Keys that change how a run is operated but not what it computes; they may differ when a run is resumed.
 RUNTIME_KEYS = {"train": ("checkpoint_every", "checkpoint_seconds", "keep_checkpoints")}
 
@@ -55,7 +64,8 @@ class TrainConfig:
     checkpoint_every: int = 0  # steps between checkpoints; 0: off
     checkpoint_seconds: float = 600.0  # seconds between checkpoints; 0: off
     keep_checkpoints: int = 2  # newest checkpoints kept (>= 2, so a corrupt newest one has a fallback)
-    divergence_factor: float = 4.0  # after warmup, a step loss above this x the running minimum ends the run
+    divergence_factor: float = field(default=4.0, metadata={"allow_inf": True})  # after warmup, a step loss above
+    # this x the running minimum ends the run; inf: off
 
 
 @dataclass
@@ -86,22 +96,19 @@ class RunConfig:
 
         Missing sections and keys take their defaults; `None` values (JSON null) mean "not set".
         """
-        known = ("model", "train", "data", "eval", "out")
+        known = (*SECTIONS, "out")
         for key in d:
             if key not in known:
                 raise ConfigError(key, f"one of the sections {list(known)}", "unknown key")
-        for key in known[:4]:
-            if not isinstance(d.get(key, {}), dict):
-                raise ConfigError(key, "a table of keys", d[key])
-        model = {k: v for k, v in d.get("model", {}).items() if v is not None}
-        vocab_from_corpus = "vocab_size" not in model
+        model = {k: v for k, v in as_section(d, "model").items() if v is not None}
+        model = {k: coerce(v, float, f"model.{k}") if k in FLOAT_MODEL_KEYS else v for k, v in model.items()}
         cfg = cls(
             model=ModelConfig.from_dict(model),
-            train=_section_from_dict(TrainConfig, d.get("train", {}), "train"),
-            data=_section_from_dict(DataConfig, d.get("data", {}), "data"),
-            eval=_section_from_dict(EvalConfig, d.get("eval", {}), "eval"),
-            out=_coerce(d.get("out"), str | None, "out"),
-            vocab_from_corpus=vocab_from_corpus,
+            train=build(TrainConfig, as_section(d, "train"), "train"),
+            data=build(DataConfig, as_section(d, "data"), "data"),
+            eval=build(EvalConfig, as_section(d, "eval"), "eval"),
+            out=coerce(d.get("out"), str | None, "out"),
+            vocab_from_corpus="vocab_size" not in model,
         )
         return cfg.validate()
 
@@ -127,11 +134,12 @@ class RunConfig:
         self.model.validate()
         _validate_train(self.train, self.model)
         _validate_data(self.data)
-        _positive_int(self.eval.tokens, "eval.tokens")
-        if not self.eval.every >= 0:
-            raise ConfigError("eval.every", "a non-negative integer (0: about 10 evaluations)", self.eval.every)
-        if self.out is not None and not self.out.strip():
-            raise ConfigError("out", "a directory path", self.out)
+        positive_int(self.eval.tokens, "eval.tokens")
+        non_negative_int(self.eval.every, "eval.every", "a non-negative integer (0: about 10 evaluations)")
+        if self.out is not None:
+            if not self.out.strip():
+                raise ConfigError("out", "a directory path", self.out)
+            writable_dir(self.out, "out")
         return self
 
 
@@ -141,15 +149,7 @@ def load_run_config(path: str | Path | None = None, overrides: list[str] | tuple
     An override is `section.key=value` or `out=DIR`; a bare `key=value` is accepted when exactly one section has
     that key (`lr=3e-3`). Values are parsed as TOML values (`3e-3`, `true`, `"x"`), else taken as plain strings.
     """
-    d: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError("config", "an existing TOML file", str(path))
-        try:
-            d = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(str(path), f"valid TOML ({e})") from None
+    d: dict = {} if path is None else read_toml(path, "config")
     for item in overrides:
         section, key, value = parse_override(item)
         if section is None:
@@ -163,13 +163,10 @@ def load_run_config(path: str | Path | None = None, overrides: list[str] | tuple
 
 def parse_override(item: str) -> tuple[str | None, str, object]:
     """Split `section.key=value` into (section, key, parsed value); `out=DIR` gives (None, "out", DIR)."""
-    if "=" not in item:
-        raise ConfigError(item, "an override of the form section.key=value (or out=DIR)")
-    name, raw = item.split("=", 1)
-    name = name.strip()
-    value = parse_value(raw.strip())
+    keys, value = split_override(item, "section.key=value (or out=DIR)")
+    name = ".".join(keys)
     if name == "out":
-        return None, "out", raw.strip() if not isinstance(value, str) else value
+        return None, "out", item.split("=", 1)[1].strip() if not isinstance(value, str) else value
     if "." in name:
         section, key = name.split(".", 1)
         if section not in SECTIONS:
@@ -182,14 +179,6 @@ def parse_override(item: str) -> tuple[str | None, str, object]:
     return owners[0], name, value
 
 
-def parse_value(raw: str) -> object:
-    """A TOML value (`3e-3`, `true`, `"x"`, `[1, 2]`), or the raw text when it is not one (`x`, `/tmp/run`)."""
-    try:
-        return tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        return raw
-
-
 def key_in(cls: type, name: str) -> bool:
     return any(f.name == name for f in dataclasses.fields(cls))
 
@@ -197,59 +186,15 @@ def key_in(cls: type, name: str) -> bool:
 SECTIONS = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig, "eval": EvalConfig}
 
 
-def _section_from_dict(cls: type, d: dict, prefix: str):
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for key, value in d.items():
-        if not key_in(cls, key):
-            names = [f.name for f in dataclasses.fields(cls)]
-            raise ConfigError(f"{prefix}.{key}", f"one of the {prefix} keys {names}", "unknown key")
-        if value is not None:
-            kwargs[key] = _coerce(value, hints[key], f"{prefix}.{key}")
-    return cls(**kwargs)
+def as_section(d: dict, name: str) -> dict:
+    """Section `name` of a raw run config ({} when absent); ConfigError when it is not a table."""
+    value = d.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(name, "a table of keys", value)
+    return value
 
 
-def _coerce(value: object, hint: object, name: str) -> object:
-    """Check `value` against a type hint (int, float, bool, str, optionally `| None`); ints may be written 1e6."""
-    args = typing.get_args(hint)
-    if value is None:
-        if type(None) in args:
-            return None
-        raise ConfigError(name, "a value", value)
-    base = next((a for a in args if a is not type(None)), hint) if args else hint
-    if base is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(name, "true or false", value)
-    if isinstance(value, bool):
-        raise ConfigError(name, f"a{'n' if base is int else ''} {base.__name__}", value)
-    if base is int:
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, int):
-            return value
-        raise ConfigError(name, "an integer", value)
-    if base is float:
-        if isinstance(value, (int, float)):
-            return float(value)
-        raise ConfigError(name, "a number", value)
-    if base is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(name, "a string", value)
-    raise AssertionError(f"unhandled type {hint} for {name}")  # pragma: no cover
-
-
-def _positive_int(value: object, name: str) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ConfigError(name, "a positive integer", value)
-
-
-def _in_range(value: float, lo: float, hi: float, name: str, lo_open: bool = False, hi_open: bool = True) -> None:
-    ok = (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
-    if not ok or math.isnan(value):
-        left, right = "(" if lo_open else "[", ")" if hi_open else "]"
-        raise ConfigError(name, f"a number in {left}{lo}, {hi}{right}", value)
+FLOAT_MODEL_KEYS = ("rope_theta", "norm_eps")  # ModelConfig's float fields: finite numbers, checked here
 
 
 def _validate_train(t: TrainConfig, model: ModelConfig) -> None:
@@ -257,70 +202,57 @@ def _validate_train(t: TrainConfig, model: ModelConfig) -> None:
     if len(budgets) > 1:
         raise ConfigError("train." + budgets[1], "exactly one of train.tokens, train.flops, train.steps", budgets)
     if t.tokens is not None:
-        _positive_int(t.tokens, "train.tokens")
+        positive_int(t.tokens, "train.tokens")
     if t.steps is not None:
-        _positive_int(t.steps, "train.steps")
-    if t.flops is not None and not (t.flops > 0 and math.isfinite(t.flops)):
-        raise ConfigError("train.flops", "a positive number of FLOPs", t.flops)
-    if not (t.lr > 0 and math.isfinite(t.lr)):
-        raise ConfigError("train.lr", "a positive number", t.lr)
+        positive_int(t.steps, "train.steps")
+    if t.flops is not None:
+        positive(t.flops, "train.flops", "a positive number of FLOPs")
+    positive(t.lr, "train.lr")
     if t.batch_size is not None and t.batch_tokens is not None:
         raise ConfigError("train.batch_tokens", "at most one of train.batch_size, train.batch_tokens", t.batch_tokens)
     if t.batch_size is not None:
-        _positive_int(t.batch_size, "train.batch_size")
+        positive_int(t.batch_size, "train.batch_size")
     if t.batch_tokens is not None and not (
         isinstance(t.batch_tokens, int) and t.batch_tokens > 0 and t.batch_tokens % model.seq_len == 0
     ):
         raise ConfigError("train.batch_tokens", f"a positive multiple of model.seq_len ({model.seq_len})",
-                              t.batch_tokens)
+                          t.batch_tokens)
     if t.micro_batch_size is not None:
-        _positive_int(t.micro_batch_size, "train.micro_batch_size")
+        positive_int(t.micro_batch_size, "train.micro_batch_size")
         if batch_size_of(t, model) % t.micro_batch_size:
             raise ConfigError("train.micro_batch_size", f"a divisor of the batch size ({batch_size_of(t, model)})",
                               t.micro_batch_size)
-    if t.schedule not in SCHEDULES:
-        raise ConfigError("train.schedule", f"one of {SCHEDULES}", t.schedule)
+    one_of(t.schedule, SCHEDULES, "train.schedule")
     if t.warmup_frac is not None and t.warmup_steps is not None:
         raise ConfigError("train.warmup_steps", "at most one of train.warmup_frac, train.warmup_steps", t.warmup_steps)
     if t.warmup_frac is not None:
-        _in_range(t.warmup_frac, 0.0, 1.0, "train.warmup_frac")
-    if t.warmup_steps is not None and not t.warmup_steps >= 0:
-        raise ConfigError("train.warmup_steps", "a non-negative integer", t.warmup_steps)
-    _in_range(t.min_lr_ratio, 0.0, 1.0, "train.min_lr_ratio", hi_open=False)
-    _in_range(t.decay_frac, 0.0, 1.0, "train.decay_frac", lo_open=True, hi_open=False)
-    if t.decay_shape not in DECAY_SHAPES:
-        raise ConfigError("train.decay_shape", f"one of {DECAY_SHAPES}", t.decay_shape)
-    if not t.weight_decay >= 0:
-        raise ConfigError("train.weight_decay", "a non-negative number", t.weight_decay)
-    _in_range(t.beta1, 0.0, 1.0, "train.beta1")
-    _in_range(t.beta2, 0.0, 1.0, "train.beta2")
-    if not t.grad_clip >= 0:
-        raise ConfigError("train.grad_clip", "a non-negative number (0: no clipping)", t.grad_clip)
-    from scaling.accounting import CONVENTIONS
-
-    if t.flop_convention not in CONVENTIONS:
-        raise ConfigError("train.flop_convention", f"one of {CONVENTIONS}", t.flop_convention)
+        in_range(t.warmup_frac, 0.0, 1.0, "train.warmup_frac")
+    if t.warmup_steps is not None:
+        non_negative_int(t.warmup_steps, "train.warmup_steps")
+    in_range(t.min_lr_ratio, 0.0, 1.0, "train.min_lr_ratio", hi_open=False)
+    in_range(t.decay_frac, 0.0, 1.0, "train.decay_frac", lo_open=True, hi_open=False)
+    one_of(t.decay_shape, DECAY_SHAPES, "train.decay_shape")
+    non_negative(t.weight_decay, "train.weight_decay")
+    in_range(t.beta1, 0.0, 1.0, "train.beta1")
+    in_range(t.beta2, 0.0, 1.0, "train.beta2")
+    non_negative(t.grad_clip, "train.grad_clip", "a non-negative number (0: no clipping)")
+    one_of(t.flop_convention, CONVENTIONS, "train.flop_convention")
     dev = t.device
     if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
         raise ConfigError("train.device", "one of 'auto', 'cpu', 'cuda', 'cuda:N'", t.device)
-    if not t.checkpoint_every >= 0:
-        raise ConfigError("train.checkpoint_every", "a non-negative number of steps (0: off)", t.checkpoint_every)
-    if not t.checkpoint_seconds >= 0:
-        raise ConfigError("train.checkpoint_seconds", "a non-negative number of seconds (0: off)",
-                          t.checkpoint_seconds)
-    if not t.keep_checkpoints >= 2:
-        raise ConfigError("train.keep_checkpoints", "an integer >= 2", t.keep_checkpoints)
-    if not t.divergence_factor > 1:
+    non_negative_int(t.checkpoint_every, "train.checkpoint_every", "a non-negative number of steps (0: off)")
+    non_negative(t.checkpoint_seconds, "train.checkpoint_seconds", "a non-negative number of seconds (0: off)")
+    at_least(t.keep_checkpoints, 2, "train.keep_checkpoints", "an integer >= 2")
+    if not (t.divergence_factor > 1):
         raise ConfigError("train.divergence_factor", "a number > 1 (inf: off)", t.divergence_factor)
 
 
 def _validate_data(d: DataConfig) -> None:
     if not d.corpus.strip():
         raise ConfigError("data.corpus", "a corpus name or an existing path", d.corpus)
-    if d.tokenizer not in TOKENIZERS:
-        raise ConfigError("data.tokenizer", f"one of {TOKENIZERS}", d.tokenizer)
+    one_of(d.tokenizer, TOKENIZERS, "data.tokenizer")
     if d.vocab_size is not None:
-        _positive_int(d.vocab_size, "data.vocab_size")
+        positive_int(d.vocab_size, "data.vocab_size")
     if not corpus_is_named(d.corpus) and not Path(d.corpus).expanduser().exists():
         raise ConfigError("data.corpus", "a known corpus name or an existing file or folder", d.corpus)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -168,3 +169,64 @@ def test_data_prepare_prints_a_summary(corpus, capsys):
     assert main(["data", "prepare", "--corpus", str(corpus)]) == 0
     printed = capsys.readouterr().out
     assert "vocab 256" in printed and "cache:" in printed
+
+
+NON_FINITE = [
+    ("model.norm_eps=inf", "model.norm_eps"),
+    ("model.rope_theta=nan", "model.rope_theta"),
+    ("train.weight_decay=inf", "train.weight_decay"),
+    ("train.grad_clip=nan", "train.grad_clip"),
+    ("train.checkpoint_seconds=inf", "train.checkpoint_seconds"),
+    ("train.lr=inf", "train.lr"),
+    ("train.beta1=nan", "train.beta1"),
+    ("train.divergence_factor=nan", "train.divergence_factor"),
+]
+
+
+@pytest.mark.parametrize(("override", "field"), NON_FINITE)
+def test_every_float_field_must_be_finite(override, field):
+    with pytest.raises(ConfigError) as e:
+        load_run_config(None, [override])
+    assert e.value.field == field
+
+
+def test_divergence_factor_inf_still_turns_the_check_off():
+    assert load_run_config(None, ["train.divergence_factor=inf"]).train.divergence_factor == float("inf")
+
+
+def test_non_table_section_is_a_config_error():
+    with pytest.raises(ConfigError, match="^train: expected a table of keys"):
+        RunConfig.from_dict({"train": 5})
+
+
+def test_out_pointing_at_a_file_is_refused_and_nothing_is_written(tmp_path):
+    target = tmp_path / "a_file"
+    target.write_text("keep me")
+    with pytest.raises(ConfigError, match="^out: expected a folder"):
+        load_run_config(None, [f"out={target}"])
+    with pytest.raises(ConfigError, match="^out: expected a folder path"):
+        load_run_config(None, [f"out={target / 'below'}"])
+    assert target.read_text() == "keep me"
+
+
+def test_out_in_a_read_only_place_is_refused(tmp_path, monkeypatch):
+    import scaling.configfile
+
+    real_access = scaling.configfile.os.access
+    monkeypatch.setattr(scaling.configfile.os, "access", lambda p, mode: False if str(p) == str(tmp_path) else
+                        real_access(p, mode))
+    with pytest.raises(ConfigError, match="^out: expected a writable folder"):
+        load_run_config(None, [f"out={tmp_path / 'run'}"])
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into a read-only folder")
+def test_out_in_a_chmod_read_only_folder_is_refused(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        with pytest.raises(ConfigError, match="^out: expected a writable folder"):
+            load_run_config(None, [f"out={ro / 'run'}"])
+    finally:
+        ro.chmod(0o755)
