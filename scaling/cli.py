@@ -1,32 +1,36 @@
-"""The `scaling` console command. Each package registers its own subcommands:
+"""The `scaling` console command: a thin dispatcher that never names the packages built on top of `scaling`.
 
-- `scaling.commands`: `train`, `data prepare`
-- `sweeps.cli`: `sweep plan|launch|status`, `demo`
-- `analysis.cli`: `fit`, `recommend`
+Each package registers its own subcommands through the entry-point group `scaling.commands` (see pyproject.toml):
+an entry point is a function `register(subparsers)` that adds one or more subcommands, each with `func=handler`.
+`scaling` itself registers `train` and `data prepare` (`scaling.commands`); `sweeps` adds `sweep plan|launch|status`,
+`analysis` adds `fit`, `recommend` and `demo`.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from importlib.metadata import entry_points
 
 from scaling.errors import ConfigError
 
+COMMAND_GROUP = "scaling.commands"
+
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every registered package's subcommands (in entry-point name order)."""
     parser = argparse.ArgumentParser(
         prog="scaling",
         description="Plan compute-optimal sweeps, train small GPT/Llama models, fit scaling laws, recommend a config.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    from analysis import cli as analysis_cli
-    from scaling import commands
-    from sweeps import cli as sweeps_cli
+    registered = sorted(entry_points(group=COMMAND_GROUP), key=lambda ep: ep.name)
+    if not registered:  # running from a tree that was never installed: only this package's own commands
+        from scaling import commands
 
-    sweeps_cli.register_demo(sub)
-    commands.register(sub)
-    sweeps_cli.register(sub)
-    analysis_cli.register(sub)
+        commands.register(sub)
+    for ep in registered:
+        ep.load()(sub)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""Subcommands `scaling sweep plan|launch|status` and `scaling demo` (registered by scaling/cli.py)."""
+"""Subcommands `scaling sweep plan|launch|status` (registered through the `scaling.commands` entry points)."""
 
 from __future__ import annotations
 
@@ -58,14 +58,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_status)
 
 
-def register_demo(subparsers: argparse._SubParsersAction) -> None:
-    """Add `demo`: the whole pipeline (plan, train, fit, recommend) on the tiny-cpu preset."""
-    p = subparsers.add_parser("demo", help="run the whole pipeline on a tiny CPU sweep and write a report")
-    p.add_argument("--out", default="results/demo", metavar="DIR", help="output folder (default results/demo)")
-    p.add_argument("--quick", action="store_true", help="a smaller sweep that finishes sooner")
-    p.set_defaults(func=cmd_demo)
-
-
 # ------------------------------------------------------------------------------------------------ commands
 
 
@@ -104,12 +96,6 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     print(format_status(args.dir))
     return 0
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from sweeps import demo
-
-    return demo.main(args)
 
 
 # ------------------------------------------------------------------------------------------------ plan output

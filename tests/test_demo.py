@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sweeps.demo import run_demo
+from analysis.demo import run_demo
 from sweeps.store import Store
 
 

@@ -1,5 +1,7 @@
 """`scaling demo`: the whole product on the CPU, offline — plan, train, fit, backtest, recommend, report.
 
+It sits in `analysis`, the top of the package graph, because it drives all three packages (plan -> train -> fit).
+
 It runs the `tiny-cpu` preset (byte-level GPT-2 models on the standard-library corpus) through the `local` backend in
 two stages, the adaptive design a careful researcher would use:
 
@@ -24,6 +26,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from scaling.errors import ConfigError
 
 PRESET = "tiny-cpu"
 TARGET_FACTOR = 100.0  # recommend for this multiple of the largest trained budget
@@ -76,9 +80,8 @@ def stage_specs(spec, prior: tuple[float, float] | None):
 
 def adapted_prior(runs) -> tuple[float, float] | None:
     """N_opt = coef * C^exponent from a quick isoFLOP fit of the stage-1 runs (None when the fit is unusable)."""
-    from analysis.backtest import select_size_runs
     from analysis.isoflop import fit_isoflop
-    from scaling.errors import ConfigError
+    from analysis.selection import select_size_runs
 
     size_runs = select_size_runs(runs)
     try:
@@ -107,16 +110,17 @@ def train_stage(spec, results_root: Path, log) -> list[str]:
     return list(res.submitted)
 
 
-def run_demo(out: str | Path = "results/demo", *, quick: bool = False, n_boot: int = 1000,
+def run_demo(out: str | Path = "results/demo", *, quick: bool = False, n_boot: int = 1000, seed: int = 0,
              overrides: list[str] | tuple[str, ...] = (), log=print) -> dict:
-    """Run the whole demo into `out`; return a dict with the report, recommendation, timings and paths."""
+    """Run the whole demo into `out` with every run seeded `seed`; return a dict with the report, recommendation,
+    timings and paths."""
     from analysis.data import load_runs
     from analysis.recommend import recommend
     from analysis.report import fit_all, write_report
 
     t0 = time.perf_counter()
     out = Path(out)
-    spec = demo_spec(out.name, quick, overrides)
+    spec = demo_spec(out.name, quick, [f"train.seeds=[{int(seed)}]", *overrides])
     stage1, _ = stage_specs(spec, None)
     log(f"stage 1: budgets {_budgets(stage1)} around the prior of {spec.grid.tokens_per_param:g} tokens/param")
     submitted = train_stage(stage1, out.parent, log)
@@ -201,11 +205,29 @@ def _budgets(spec) -> str:
     return ", ".join(f"{b:.3g}" for b in spec.budgets.resolved())
 
 
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `demo`: the whole pipeline (plan, train, fit, recommend) on the tiny-cpu preset."""
+    p = subparsers.add_parser("demo", help="run the whole pipeline on a tiny CPU sweep and write a report",
+                              description="Plan, train, fit, backtest, recommend and report on the tiny-cpu preset "
+                              "(about 10 minutes on 2 CPU cores, offline). Run it again to reuse finished runs.")
+    p.add_argument("--out", default="results/demo", metavar="DIR",
+                   help="output folder (default results/demo; --seed S > 0 adds -seedS to it)")
+    p.add_argument("--quick", action="store_true", help="a smaller sweep (3 budgets x 3 models) that ends in ~1 min")
+    p.add_argument("--seed", type=int, default=0, metavar="S",
+                   help="seed of every run (data order and initialisation); default 0")
+    p.set_defaults(func=main)
+
+
 def main(args: argparse.Namespace) -> int:
     """Entry point of `scaling demo`."""
-    run_demo(args.out, quick=args.quick, n_boot=100 if args.quick else 1000)
+    if args.seed < 0:
+        raise ConfigError("--seed", "a non-negative integer", args.seed)
+    out = Path(args.out)
+    if args.seed and out == Path("results/demo"):
+        out = out.with_name(f"demo-seed{args.seed}")
+    run_demo(out, quick=args.quick, n_boot=100 if args.quick else 1000, seed=args.seed)
     return 0
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main(argparse.Namespace(out="results/demo", quick="--quick" in sys.argv)))
+    sys.exit(main(argparse.Namespace(out="results/demo", quick="--quick" in sys.argv, seed=0)))
