@@ -50,7 +50,8 @@ def test_envelope_noise_and_bootstrap_interval():
     assert fit.params["a"] == pytest.approx(A_TRUE, abs=0.04)
     lo, hi = fit.intervals["a"]
     assert lo - 0.01 < A_TRUE < hi + 0.01
-    assert fit.samples.shape == (500, 6)
+    assert fit.n_draws == 500 and set(fit.draws) == {"a", "b", "N_coef", "D_coef", "L_coef", "L_exponent"}
+    assert fit.intervals["a"].method == "bootstrap:runs" and fit.intervals["a"].n_total == 500
     pred = fit.predict(1e22)
     assert pred["N_opt"] > 0 and pred["D_opt"] > 0
 
@@ -60,7 +61,7 @@ def test_envelope_to_dict_summary_and_run_exclusion():
     fit = fit_envelope(m, n_boot=50, exclude_runs=["r15"])
     assert "r15" not in set(fit.frontier["run_id"])
     d = json.loads(json.dumps(fit.to_dict()))
-    assert len(d["N_opt"]["samples"]) == 50 and d["frontier"]
+    assert len(d["N_opt"]["draws"]["exponent"]) == 50 and d["frontier"] and d["kind"] == "envelope"
     assert "FLOPs" in fit.summary() and "params" in fit.summary()
 
 
