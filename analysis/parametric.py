@@ -25,16 +25,17 @@ replicate after a few iterations goes on to convergence.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from analysis.bootstrap import bootstrap_indices
-from analysis.result import FitResult, json_safe, percentile_interval
+from analysis.result import LOSS_EXPONENT, FitResult, Interval, intervals_from_draws, unreliable_reasons
 from scaling.errors import ConfigError
 
-SAMPLE_COLUMNS = ("E", "A", "B", "alpha", "beta")  # columns of ParametricFit.samples
+SAMPLE_COLUMNS = ("E", "A", "B", "alpha", "beta")  # the law's parameters, drawn by the bootstrap
+DRAW_NAMES = SAMPLE_COLUMNS + ("a", "b", "G")  # ParametricFit.draws
 
 _ROUND_ITERS = 3  # LM iterations per successive-halving round
 _KEEP = 64  # starts run to convergence after the halving rounds
@@ -336,17 +337,23 @@ def allocation_constants(alpha, beta, A, B):
     return a, b, G
 
 
-@dataclass(repr=False)
+@dataclass(eq=False, repr=False)
 class ParametricFit(FitResult):
     """L(N, D) = E + A/N^alpha + B/D^beta (N params, D tokens, L nats/token) with C = k N D FLOPs.
 
-    params: E, A, B, alpha, beta, a (N_opt ~ C^a), b (D_opt ~ C^b), G (allocation constant).
-    samples: (n_boot, 5) bootstrap draws of (E, A, B, alpha, beta), see SAMPLE_COLUMNS.
+    params: E, A, B, alpha, beta, a (N_opt ~ C^a), b (D_opt ~ C^b), G (allocation constant); draws: the same names.
+    This class is the one home of the parametric law (predict) and of the Chinchilla allocation formula
+    (optimal_allocation, optimal_allocation_samples).
     """
 
-    k: float = 6.0
-    samples: np.ndarray = field(default_factory=lambda: np.empty((0, 5)))
+    kind = "parametric"
+    positive_params = ("A", "B")
+    non_negative_params = ("E",)
+    finite_params = ("alpha", "beta")
+    summary_keys = ("objective", "converged", "iterations", "n_points", "rmse_log", "boundary", "stall")
+
     name: str = "parametric L(N, D) = E + A/N^alpha + B/D^beta"
+    k: float = 6.0
 
     def predict(self, N, D) -> np.ndarray:
         """Loss at N parameters and D tokens (arrays broadcast)."""
@@ -354,17 +361,49 @@ class ParametricFit(FitResult):
         N, D = np.asarray(N, dtype=float), np.asarray(D, dtype=float)
         return p["E"] + p["A"] * N ** -p["alpha"] + p["B"] * D ** -p["beta"]
 
+    def predict_samples(self, N, D) -> np.ndarray:
+        """Draws of the loss at (N, D), shape (n_draws, *broadcast shape) (NaN rows for failed draws)."""
+        N, D = np.broadcast_arrays(np.asarray(N, dtype=float), np.asarray(D, dtype=float))
+        if not self.draws:
+            return np.empty((0, *N.shape))
+        shape = (-1,) + (1,) * N.ndim
+        E, A, B, alpha, beta = (np.asarray(self.draws[c], float).reshape(shape) for c in SAMPLE_COLUMNS)
+        with np.errstate(over="ignore", invalid="ignore"):
+            return E + A * N[None] ** -alpha + B * D[None] ** -beta
+
     def optimal_allocation(self, C) -> tuple[np.ndarray, np.ndarray]:
         """Compute-optimal (N_opt, D_opt) for C FLOPs under C = k N D: N_opt = G (C/k)^a, D_opt = (C/k)^b / G."""
         p = self.params
-        ck = np.asarray(C, dtype=float) / self.k
-        return p["G"] * ck ** p["a"], ck ** p["b"] / p["G"]
+        return _allocation(np.asarray(C, dtype=float) / self.k, p["a"], p["b"], p["G"])
 
-    def to_dict(self) -> dict:
-        d = super().to_dict()
-        d["k"] = self.k
-        d["samples"] = json_safe([[float(f"{v:.6g}") for v in row] for row in np.asarray(self.samples, dtype=float)])
-        return d
+    def optimal_allocation_samples(self, C) -> tuple[np.ndarray, np.ndarray]:
+        """Draws of (N_opt, D_opt) at C FLOPs, each (n_draws, *C.shape) (NaN for failed draws)."""
+        ck = np.asarray(C, dtype=float) / self.k
+        if not self.draws:
+            return np.empty((0, *ck.shape)), np.empty((0, *ck.shape))
+        shape = (-1,) + (1,) * ck.ndim
+        a, b, G = (np.asarray(self.draws[c], float).reshape(shape) for c in ("a", "b", "G"))
+        return _allocation(ck[None], a, b, G)
+
+    def headline(self) -> str:
+        p = self.params
+        return (f"{self.name}: E = {p['E']:.4g}, A = {p['A']:.4g}, B = {p['B']:.4g}, alpha = {p['alpha']:.4f}, "
+                f"beta = {p['beta']:.4f} ({'converged' if self.success else 'NOT CONVERGED'}"
+                + (f": {self.message}" if self.message else "") + ")")
+
+    @classmethod
+    def _from_dict(cls, d: dict) -> ParametricFit:
+        fit = super()._from_dict(d)
+        if isinstance(fit.k, bool) or not isinstance(fit.k, (int, float)) or not 0 < fit.k < np.inf:
+            raise ConfigError("parametric.k", "a positive number of FLOPs per parameter per token", fit.k)
+        fit.k = float(fit.k)
+        return fit
+
+
+def _allocation(ck, a, b, G) -> tuple[np.ndarray, np.ndarray]:
+    """N_opt = G (C/k)^a, D_opt = (C/k)^b / G (the Chinchilla allocation; elementwise)."""
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        return G * ck ** a, ck ** b / G
 
 
 def _check_inputs(N, D, L) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -481,19 +520,22 @@ def fit_parametric(N, D, L, *, k: float = 6.0, delta: float = 1e-3, grid="epoch"
     elif n_boot:
         with _one_thread():
             _add_bootstrap(fit, theta, _diverse_starts(best, starts), data, delta, n_boot, seed, groups)
+    if not fit.intervals:
+        reason = fit.diagnostics.get("bootstrap_skipped", "no bootstrap (n_boot = 0)")
+        fit.intervals = {name: Interval.undetermined(reason) for name in DRAW_NAMES}
+    fit.unreliable = unreliable_reasons(params, fit.intervals, exponents={"alpha": LOSS_EXPONENT,
+                                                                          "beta": LOSS_EXPONENT}, spans=("E",))
     return fit
 
 
 def _add_bootstrap(fit: ParametricFit, theta, extra, data, delta, n_boot, seed, groups) -> None:
     index_sets = bootstrap_indices(data.n, n_boot, seed, groups)
     thetas, ok = _bootstrap_refits(theta, extra, data, delta, index_sets)
-    samples = _natural(thetas[ok])
+    samples = _natural(thetas)
+    samples[~ok] = np.nan
     a, b, G = allocation_constants(samples[:, 3], samples[:, 4], samples[:, 1], samples[:, 2])
-    columns = dict(zip(SAMPLE_COLUMNS, samples.T)) | {"a": a, "b": b, "G": G}
-    fit.samples = samples
-    fit.n_boot = int(ok.sum())
-    fit.intervals = {name: percentile_interval(v) for name, v in columns.items()}
-    fit.stderr = {name: float(np.nanstd(v, ddof=1)) if np.isfinite(v).sum() > 1 else float("nan")
-                  for name, v in columns.items()}
+    fit.draws = dict(zip(SAMPLE_COLUMNS, samples.T)) | {"a": a, "b": b, "G": G}
+    method = "bootstrap:" + ("runs" if groups is None else "budgets")
+    fit.intervals = intervals_from_draws(fit.draws, method=method)
     fit.diagnostics["n_boot_requested"] = n_boot
     fit.diagnostics["n_boot_failed"] = int((~ok).sum())

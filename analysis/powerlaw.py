@@ -1,83 +1,107 @@
-"""Power laws y = coef·x^exponent and the saturating law L(C) = E + A·C^-gamma, with bootstrap intervals.
+"""Power laws y = coef·x^exponent and the saturating law L(C) = E + A·C^-gamma, with honest bootstrap intervals.
 
-Conventions: fits are least squares on natural-log residuals (a 2% miss counts the same at every scale).
-Bootstrap resamples are represented as count weights (n_boot x n): row b says how many times each point was
-drawn, so every resample is a weighted fit on the same points and all resamples are solved at once with numpy.
+Conventions: fits are (weighted) least squares on natural-log residuals (a 2% miss counts the same at every scale).
+`sigma` is the standard deviation of ln y per point (a relative error); with it the fit weighs points by 1/sigma².
+Uncertainty, chosen by `bootstrap`:
+- "points": resample the points with replacement (count weights, n_boot x n: every resample is a weighted fit on
+  the same points, all solved at once with numpy). Resamples with too few distinct x are failed draws.
+- "residual": simulate new ln y = fitted + noise and refit. The noise is Gaussian with the given sigma (scaled up
+  when the residuals scatter more than sigma says), or, without sigma, Gaussian with the residual standard deviation
+  drawn per resample from its scaled chi-square law (which gives Student-t intervals at few points), or the
+  leverage-corrected residuals resampled (residuals="resample").
+- "auto" (default): "points" when there are at least MIN_RESAMPLE_UNITS distinct x and no sigma, else "residual";
+  also "residual" when fewer than 90% of the point resamples succeed. The method used is in every Interval.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 from scipy.optimize import least_squares
 
 from analysis.bootstrap import bootstrap_indices
-from analysis.result import FitResult, json_safe, percentile_interval
+from analysis.result import (
+    ALLOCATION_EXPONENT,
+    DEFAULT_LEVEL,
+    LOSS_EXPONENT,
+    MIN_OK_FRACTION,
+    MIN_RESAMPLE_UNITS,
+    FitResult,
+    Interval,
+    Plausible,
+    format_value,
+    intervals_from_draws,
+    unreliable_reasons,
+)
 from scaling.errors import ConfigError
+
+BOOTSTRAP_METHODS = ("auto", "points", "residual")
+RESIDUAL_NOISE = ("gaussian", "resample")
+_STRATUM_DRAWS = 1 << 24  # random draws held at once per stratum in bootstrap_counts (bounds its memory)
+
+__all__ = ["AllocationFit", "PowerLawFit", "SaturatingFit", "allocation_fields", "bootstrap_counts",
+           "fit_power_law", "fit_saturating", "format_value", "power_law_result", "samples_summary",
+           "simulate_log_noise", "weighted_line"]
 
 # ---------------------------------------------------------------- bootstrap counts
 
 
 def bootstrap_counts(n: int, n_boot: int, seed: int = 0, *, strata=None, groups=None) -> np.ndarray:
-    """Count weights (n_boot x n, int) of bootstrap resamples of `n` rows.
+    """Count weights (n_boot x n, int32) of bootstrap resamples of `n` rows; time and memory linear in n.
 
     Plain: draw n rows with replacement. `groups` (one label per row): draw whole groups with replacement
     (analysis.bootstrap.bootstrap_indices). `strata` (one label per row): draw with replacement inside each
     stratum separately, keeping each stratum's size (e.g. resample runs within each FLOP budget).
     """
     if n_boot <= 0:
-        return np.zeros((0, n), dtype=np.int64)
+        return np.zeros((0, n), dtype=np.int32)
     if strata is None:
         idx = bootstrap_indices(n, n_boot, seed, groups=groups)
-        return np.stack([np.bincount(i, minlength=n) for i in idx])
+        return np.stack([np.bincount(i, minlength=n) for i in idx]).astype(np.int32)
     labels = np.asarray(strata)
     if labels.shape != (n,):
         raise ConfigError("strata", f"one stratum label per row ({n} labels)", labels.shape)
     rng = np.random.default_rng(seed)
-    counts = np.zeros((n_boot, n), dtype=np.int64)
-    for label in np.unique(labels):
-        members = np.flatnonzero(labels == label)
-        draws = rng.integers(0, members.size, size=(n_boot, members.size))
-        for j in range(members.size):
-            counts[:, members[j]] = (draws == j).sum(axis=1)
+    counts = np.zeros((n_boot, n), dtype=np.int32)
+    _, inverse = np.unique(labels, return_inverse=True)
+    order = np.argsort(inverse, kind="stable")  # rows grouped by stratum, in row order inside each
+    stops = np.cumsum(np.bincount(inverse))
+    for start, stop in zip(np.concatenate([[0], stops[:-1]]), stops):
+        members = order[start:stop]
+        m = members.size
+        rows = max(1, _STRATUM_DRAWS // m)
+        for b0 in range(0, n_boot, rows):
+            b1 = min(n_boot, b0 + rows)
+            draws = rng.integers(0, m, size=(b1 - b0, m))
+            flat = (np.arange(b1 - b0)[:, None] * m + draws).ravel()
+            counts[b0:b1, members] = np.bincount(flat, minlength=(b1 - b0) * m).reshape(b1 - b0, m)
     return counts
 
 
-def samples_summary(samples: np.ndarray, names: list[str]) -> tuple[dict, dict]:
-    """Percentile intervals and bootstrap standard deviations of each column of `samples`."""
-    intervals, stderr = {}, {}
+def samples_summary(samples: np.ndarray | None, names: list[str], method: str = "bootstrap") -> tuple[dict, dict]:
+    """Intervals (Interval by name) and bootstrap standard deviations of each column of an (n_boot x k) array.
+    Kept for callers that still hold draws by column; new code keeps draws by name and calls intervals_from_draws."""
     if samples is None or len(samples) == 0:
-        return intervals, stderr
-    for j, name in enumerate(names):
-        col = samples[:, j]
-        col = col[np.isfinite(col)]
-        if col.size >= 2:
-            intervals[name] = percentile_interval(col)
-            stderr[name] = float(np.std(col, ddof=1))
-    return intervals, stderr
+        return {}, {}
+    draws = dict(zip(names, np.asarray(samples, dtype=float).T))
+    stderr = {k: float(np.nanstd(v, ddof=1)) if np.isfinite(v).sum() > 1 else math.nan for k, v in draws.items()}
+    return intervals_from_draws(draws, method=method), stderr
 
 
 def round_samples(samples, digits: int = 6) -> list:
-    """Samples as nested lists rounded to `digits` significant digits (NaN -> None), for fit.json."""
+    """Samples as nested lists rounded to `digits` significant digits (NaN -> None)."""
     if samples is None:
         return []
     arr = np.asarray(samples, dtype=float)
     return [[float(f"{v:.{digits}g}") if math.isfinite(v) else None for v in row] for row in arr]
 
 
-def format_value(v) -> str:
-    """Short human form of a diagnostic value (floats to 4 significant digits)."""
-    if isinstance(v, (bool, np.bool_)):
-        return str(bool(v))
-    if isinstance(v, (float, np.floating)):
-        return f"{float(v):.4g}"
-    return str(v)
-
-
 def summary_lines(fit: FitResult, header: str, diag_keys=None) -> list[str]:
-    """Header, one line per parameter with its 95% interval and bootstrap SE, then chosen diagnostics."""
+    """Header, one line per parameter with its interval (or why it is undetermined), then chosen diagnostics."""
     lines = [header, *fit.param_lines()]
     keys = diag_keys if diag_keys is not None else list(fit.diagnostics)
     for k in keys:
@@ -114,127 +138,58 @@ def weighted_line(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[np.ndarr
     return intercept, slope
 
 
-# ---------------------------------------------------------------- power law
+# ---------------------------------------------------------------- noise for the residual bootstrap
 
 
-@dataclass(repr=False, eq=False)
-class PowerLawFit(FitResult):
-    """y = coef·x^exponent fitted in log space. `samples` is (n_boot x 2) bootstrap draws of (coef, exponent)."""
+def simulate_log_noise(resid: np.ndarray, w: np.ndarray, sigma: np.ndarray | None, n_params: int, n_boot: int,
+                       rng: np.random.Generator, *, residuals: str = "gaussian",
+                       leverage: np.ndarray | None = None) -> tuple[np.ndarray | None, dict, str]:
+    """Noise draws (n_boot x n) in ln y for a residual bootstrap, the noise model {sigma, dof, source}, and the
+    reason when no noise can be simulated (then None).
 
-    samples: np.ndarray | None = None
-    x_name: str = "x"
-    y_name: str = "y"
-
-    def predict(self, x):
-        """coef·x^exponent (same shape as x)."""
-        return self.params["coef"] * np.asarray(x, dtype=float) ** self.params["exponent"]
-
-    def predict_samples(self, x) -> np.ndarray:
-        """Bootstrap draws of the prediction, shape (n_boot, *x.shape); empty if there are no samples."""
-        x = np.asarray(x, dtype=float)
-        if self.samples is None or len(self.samples) == 0:
-            return np.empty((0, *x.shape))
-        coef, expo = self.samples[:, 0], self.samples[:, 1]
-        shape = (-1,) + (1,) * x.ndim
-        return coef.reshape(shape) * x[None] ** expo.reshape(shape)
-
-    def predict_interval(self, x, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
-        """Pointwise percentile interval of the prediction at x from the bootstrap draws."""
-        draws = self.predict_samples(x)
-        if draws.shape[0] == 0:
-            nan = np.full(np.shape(x), np.nan)
-            return nan, nan.copy()
-        with np.errstate(invalid="ignore"):
-            lo, hi = np.nanpercentile(draws, [50 * (1 - level), 50 * (1 + level)], axis=0)
-        return lo, hi
-
-    def summary(self) -> str:
-        head = f"{self.name}: {self.y_name} = {self.params['coef']:.4g} · {self.x_name}^{self.params['exponent']:.4f}"
-        return "\n".join(summary_lines(self, head, ["n_points", "rmse_log", "x_min", "x_max", "bootstrap"]))
-
-    def to_dict(self) -> dict:
-        d = super().to_dict()
-        d["samples"] = round_samples(self.samples)
-        d["x_name"], d["y_name"], d["name"] = self.x_name, self.y_name, self.name
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> PowerLawFit:
-        """Rebuild from to_dict() output (e.g. a law object read back from fit.json)."""
-        samples = d.get("samples") or []
-        arr = np.array([[np.nan if v is None else v for v in row] for row in samples], dtype=float).reshape(-1, 2)
-        return cls(params={"coef": float(d["coef"]), "exponent": float(d["exponent"])},
-                   intervals={k: tuple(v) for k, v in (d.get("intervals") or {}).items()},
-                   stderr=dict(d.get("stderr") or {}), n_boot=int(d.get("n_boot") or len(arr)),
-                   diagnostics=dict(d.get("diagnostics") or {}), samples=arr,
-                   x_name=d.get("x_name", "x"), y_name=d.get("y_name", "y"), name=d.get("name", "power law"))
+    resid: ln y - fitted; w: relative weights (0 = point unused); sigma: given per-point sd of ln y, or None to
+    estimate one sd from the residuals (sd_i = s / sqrt(w_i), dof = n - n_params). leverage: hat values for
+    residuals="resample" (residuals are divided by sqrt(1 - h) before they are resampled).
+    """
+    active = w > 0
+    n = int(active.sum())
+    dof = n - n_params
+    noise = np.zeros((n_boot, resid.size))
+    if sigma is not None:
+        chi2 = float(np.sum(w[active] * (resid[active] / sigma[active]) ** 2))
+        inflate = max(1.0, math.sqrt(chi2 / dof)) if dof >= 1 else 1.0
+        noise[:, active] = rng.standard_normal((n_boot, n)) * (sigma[active] * inflate)
+        source = "given" if inflate == 1.0 else f"given, scaled by {inflate:.3g} to the residual scatter"
+        return noise, {"sigma": float(np.median(sigma[active]) * inflate), "dof": dof, "source": source}, ""
+    if dof < 1:
+        return None, {}, (f"{n} points for {n_params} parameters: no residual degrees of freedom to estimate the "
+                          "noise, and no per-point sigma given")
+    s = math.sqrt(float(np.sum(w[active] * resid[active] ** 2)) / dof)
+    model = {"sigma": s, "dof": dof, "source": "residuals"}
+    scale = 1.0 / np.sqrt(w[active])
+    if residuals == "gaussian":
+        s_draw = s * np.sqrt(dof / rng.chisquare(dof, size=n_boot))  # sigma's own uncertainty: t intervals
+        noise[:, active] = rng.standard_normal((n_boot, n)) * s_draw[:, None] * scale
+        return noise, model, ""
+    h = np.zeros(resid.size) if leverage is None else np.clip(leverage, 0.0, 1.0 - 1e-9)
+    std = resid[active] * np.sqrt(w[active]) / np.sqrt(1.0 - h[active])
+    std -= std.mean()
+    noise[:, active] = std[rng.integers(0, n, size=(n_boot, n))] * scale
+    return noise, model, ""
 
 
-@dataclass(repr=False, eq=False)
-class AllocationFit(FitResult):
-    """Base of the fits that end in compute-optimal laws (approaches 1 and 2). params: a, b (exponents of N_opt,
-    D_opt in C), N_coef, D_coef, L_coef, L_exponent; .N_opt, .D_opt, .L_opt: PowerLawFit laws in C [FLOPs];
-    .samples: (n_boot x 6) draws in params order. Subclasses add their table (`table_name`) and diagnostics."""
-
-    N_opt: PowerLawFit | None = None
-    D_opt: PowerLawFit | None = None
-    L_opt: PowerLawFit | None = None
-    samples: np.ndarray | None = None
-    table_name = ""  # the subclass's per-budget / per-FLOP-value DataFrame attribute, written by to_dict
-    summary_keys = ()  # diagnostics shown by summary() (a class attribute, not a field)
-
-    def predict(self, C) -> dict:
-        """Compute-optimal N [params], D [tokens] and loss at C [FLOPs] from the three laws."""
-        return {"N_opt": self.N_opt.predict(C), "D_opt": self.D_opt.predict(C), "L_opt": self.L_opt.predict(C)}
-
-    def summary_head(self) -> list[str]:
-        p = self.params
-        head = (f"{self.name}: N_opt ∝ C^{p['a']:.3f}, D_opt ∝ C^{p['b']:.3f} "
-                f"(N in params, D in tokens, C in FLOPs; a + b = {p['a'] + p['b']:.3f})")
-        return summary_lines(self, head, list(self.summary_keys))
-
-    def summary(self) -> str:
-        lines = self.summary_head() + self.table_lines()
-        for law in (self.N_opt, self.D_opt, self.L_opt):
-            lines.append("  " + law.summary().splitlines()[0])
-        return "\n".join(lines)
-
-    def table_lines(self) -> list[str]:
-        """Extra summary lines for the subclass's table (none by default)."""
-        return []
-
-    def to_dict(self) -> dict:
-        d = super().to_dict()
-        d["samples"] = round_samples(self.samples)
-        d[self.table_name] = json_safe(getattr(self, self.table_name).to_dict(orient="records"))
-        for name in ("N_opt", "D_opt", "L_opt"):
-            d[name] = getattr(self, name).to_dict()
-        return d
+def _line_leverage(lx: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Hat values of a weighted straight-line fit."""
+    sw = w.sum()
+    xm = float((w * lx).sum() / sw)
+    sxx = float((w * (lx - xm) ** 2).sum())
+    return w * (1.0 / sw + (lx - xm) ** 2 / sxx)
 
 
-def power_law_result(x, y, coef: float, exponent: float, samples: np.ndarray | None, *, weights=None,
-                     name: str = "power law", x_name: str = "x", y_name: str = "y",
-                     bootstrap: str = "points") -> PowerLawFit:
-    """Assemble a PowerLawFit from an estimate and its bootstrap draws (used by the fits that bootstrap a chain)."""
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    w = np.ones_like(x) if weights is None else np.asarray(weights, float)
-    resid = np.log(y) - np.log(coef) - exponent * np.log(x)
-    ok = w > 0
-    rmse = float(np.sqrt(np.average(resid[ok] ** 2, weights=w[ok]))) if ok.any() else math.nan
-    ss_tot = float(np.sum(w[ok] * (np.log(y[ok]) - np.average(np.log(y[ok]), weights=w[ok])) ** 2)) if ok.any() else 0
-    r2 = 1.0 - float(np.sum(w[ok] * resid[ok] ** 2)) / ss_tot if ss_tot > 0 else math.nan
-    samples = None if samples is None else np.asarray(samples, float).reshape(-1, 2)
-    intervals, stderr = samples_summary(samples, ["coef", "exponent"])
-    n_boot = 0 if samples is None else len(samples)
-    diagnostics = {"n_points": int(ok.sum()), "rmse_log": rmse, "r2_log": r2,
-                   "x_min": float(x[ok].min()) if ok.any() else math.nan,
-                   "x_max": float(x[ok].max()) if ok.any() else math.nan,
-                   "bootstrap": bootstrap}
-    if n_boot:
-        diagnostics["boot_failed"] = int((~np.isfinite(samples).all(axis=1)).sum())
-    return PowerLawFit(params={"coef": float(coef), "exponent": float(exponent)}, intervals=intervals,
-                       stderr=stderr, n_boot=n_boot, diagnostics=diagnostics, samples=samples,
-                       name=name, x_name=x_name, y_name=y_name)
+def _check_choice(field_name: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ConfigError(field_name, " | ".join(choices), value)
+    return value
 
 
 def _positive_finite(name: str, values) -> np.ndarray:
@@ -245,42 +200,196 @@ def _positive_finite(name: str, values) -> np.ndarray:
     return arr
 
 
-def fit_power_law(x, y, weights=None, *, n_boot: int = 1000, seed: int = 0, name: str = "power law",
-                  x_name: str = "x", y_name: str = "y") -> PowerLawFit:
-    """Fit y = coef·x^exponent by (weighted) least squares of ln y on ln x; bootstrap by resampling points.
+def _point_weights(name: str, n: int, weights, sigma) -> tuple[np.ndarray, np.ndarray | None]:
+    """Validated multiplicity weights (default 1) and per-point sigma of ln y (or None)."""
+    w = np.ones(n) if weights is None else np.asarray(weights, float).ravel()
+    if w.size != n or not np.all(np.isfinite(w) & (w >= 0)):
+        raise ConfigError(f"{name}: weights", f"{n} non-negative finite weights", w.size)
+    if sigma is None:
+        return w, None
+    s = np.asarray(sigma, float).ravel()
+    if s.size == 1:
+        s = np.full(n, float(s[0]))
+    if s.size != n or not np.all(np.isfinite(s) & (s > 0)):
+        raise ConfigError(f"{name}: sigma", f"{n} positive finite standard deviations of ln y", s.size)
+    return w, s
 
-    Needs at least 2 points with distinct x (3 or more for a meaningful interval). `weights` multiply each
-    point's squared log residual. Bootstrap draws where all picked points share one x are left out.
+
+# ---------------------------------------------------------------- power law
+
+
+def _pointwise_interval(draws: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column percentile range of (n_draws, ...) draws; NaN where interval_from_draws would be undetermined
+    (no draws, < 90% finite, or no spread)."""
+    if draws.shape[0] == 0:
+        nan = np.full(draws.shape[1:], np.nan)
+        return nan, nan.copy()
+    finite = np.isfinite(draws)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns give NaN, as wanted
+        lo, hi = np.nanpercentile(np.where(finite, draws, np.nan), [50 * (1 - level), 50 * (1 + level)], axis=0)
+    bad = (finite.mean(axis=0) < MIN_OK_FRACTION) | ~(hi - lo > 1e-9 * np.maximum(np.abs(lo), np.abs(hi)))
+    return np.where(bad, np.nan, lo), np.where(bad, np.nan, hi)
+
+
+@dataclass(eq=False, repr=False)
+class PowerLawFit(FitResult):
+    """y = coef·x^exponent fitted in log space; draws["coef"], draws["exponent"] are the bootstrap draws."""
+
+    kind = "power_law"
+    positive_params = ("coef",)
+    finite_params = ("exponent",)
+    summary_keys = ("n_points", "rmse_log", "x_min", "x_max", "bootstrap_fallback")
+
+    name: str = "power law"
+    x_name: str = "x"
+    y_name: str = "y"
+
+    def predict(self, x):
+        """coef·x^exponent (same shape as x)."""
+        return self.params["coef"] * np.asarray(x, dtype=float) ** self.params["exponent"]
+
+    def predict_samples(self, x) -> np.ndarray:
+        """Draws of the prediction, shape (n_draws, *x.shape) (NaN rows for failed draws; empty without draws)."""
+        x = np.asarray(x, dtype=float)
+        if not self.draws:
+            return np.empty((0, *x.shape))
+        shape = (-1,) + (1,) * x.ndim
+        coef, expo = (np.asarray(self.draws[k], float).reshape(shape) for k in ("coef", "exponent"))
+        with np.errstate(over="ignore", invalid="ignore"):
+            return coef * x[None] ** expo
+
+    def predict_interval(self, x, level: float = DEFAULT_LEVEL) -> tuple[np.ndarray, np.ndarray]:
+        """Pointwise percentile interval of the prediction at x; NaN where it is undetermined."""
+        return _pointwise_interval(self.predict_samples(x), level)
+
+    def headline(self) -> str:
+        p = self.params
+        return f"{self.name}: {self.y_name} = {p['coef']:.4g} · {self.x_name}^{p['exponent']:.4f}"
+
+
+def _draws_from_samples(samples, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    arr = np.asarray(samples, dtype=float).reshape(-1, len(names))
+    return {k: arr[:, j].copy() for j, k in enumerate(names)}
+
+
+def power_law_result(x, y, coef: float, exponent: float, samples: np.ndarray | None = None, *, draws=None,
+                     weights=None, name: str = "power law", x_name: str = "x", y_name: str = "y",
+                     bootstrap: str = "points", method: str | None = None, noise: dict | None = None,
+                     undetermined_reason: str = "", exponent_range: Plausible | None = None,
+                     level: float = DEFAULT_LEVEL, diagnostics: dict | None = None) -> PowerLawFit:
+    """Assemble a PowerLawFit from an estimate and its draws (draws={"coef", "exponent"} or an (n_boot x 2) array
+    `samples`); used by the fits that bootstrap a chain. method: the Interval method (default "bootstrap:<bootstrap>");
+    undetermined_reason: why there are no draws (e.g. too few points); exponent_range: the plausible range that
+    decides `unreliable`."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    w = np.ones_like(x) if weights is None else np.asarray(weights, float)
+    resid = np.log(y) - np.log(coef) - exponent * np.log(x)
+    ok = w > 0
+    rmse = float(np.sqrt(np.average(resid[ok] ** 2, weights=w[ok]))) if ok.any() else math.nan
+    ss_tot = float(np.sum(w[ok] * (np.log(y[ok]) - np.average(np.log(y[ok]), weights=w[ok])) ** 2)) if ok.any() else 0
+    r2 = 1.0 - float(np.sum(w[ok] * resid[ok] ** 2)) / ss_tot if ss_tot > 0 else math.nan
+    if draws is None and samples is not None:
+        draws = _draws_from_samples(samples, ("coef", "exponent"))
+    draws = {k: np.asarray(v, float) for k, v in (draws or {}).items()}
+    method = method or (bootstrap if ":" in bootstrap else f"bootstrap:{bootstrap}")
+    params = {"coef": float(coef), "exponent": float(exponent)}
+    if draws and len(draws["coef"]):
+        intervals = intervals_from_draws(draws, method=method, level=level)
+    else:
+        reason = undetermined_reason or "no bootstrap (n_boot = 0)"
+        intervals = {k: Interval.undetermined(reason, method=method if undetermined_reason else "none", level=level)
+                     for k in params}
+    diag = {"n_points": int(ok.sum()), "n_distinct_x": int(np.unique(x[ok]).size), "rmse_log": rmse, "r2_log": r2,
+            "x_min": float(x[ok].min()) if ok.any() else math.nan,
+            "x_max": float(x[ok].max()) if ok.any() else math.nan, "bootstrap": method}
+    if draws and len(draws["coef"]):
+        diag["boot_failed"] = int((~(np.isfinite(draws["coef"]) & np.isfinite(draws["exponent"]))).sum())
+    diag.update(diagnostics or {})
+    unreliable = unreliable_reasons(params, intervals, exponents={"exponent": exponent_range} if exponent_range
+                                    else None)
+    return PowerLawFit(params=params, intervals=intervals, draws=draws, diagnostics=diag, noise=dict(noise or {}),
+                       unreliable=unreliable, name=name, x_name=x_name, y_name=y_name)
+
+
+def _power_law_draws(lx, ly, w, sigma, n_boot: int, seed: int, bootstrap: str, residuals: str, unit: str):
+    """Bootstrap draws {"coef", "exponent"} of a log-log line fit, the method used, the noise model, a reason when
+    there are none, and a note on any fallback."""
+    fit_w = w if sigma is None else w / sigma ** 2
+    lc, e = weighted_line(lx, ly, fit_w)
+    n_units = int(np.unique(lx[w > 0]).size)
+    chosen, note = bootstrap, ""
+    if bootstrap == "auto":
+        chosen = "points"
+        if sigma is not None:
+            chosen, note = "residual", "per-point sigma given: residual bootstrap with that noise"
+        elif n_units < MIN_RESAMPLE_UNITS:
+            chosen, note = "residual", f"only {n_units} distinct x (< {MIN_RESAMPLE_UNITS}) to resample"
+    if chosen == "points":
+        counts = bootstrap_counts(lx.size, n_boot, seed)
+        blc, be = weighted_line(lx, ly, counts * fit_w)
+        n_ok = int(np.isfinite(be).sum())
+        if bootstrap != "auto" or n_ok >= MIN_OK_FRACTION * n_boot:
+            return {"coef": np.exp(blc), "exponent": be}, f"bootstrap:{unit}", {}, "", note
+        chosen, note = "residual", f"only {n_ok}/{n_boot} resamples of the {unit} had 2 distinct x"
+    fitted = lc + e * lx
+    rng = np.random.default_rng(seed)
+    eps, noise, reason = simulate_log_noise(ly - fitted, fit_w if sigma is None else w, sigma, 2, n_boot, rng,
+                                            residuals=residuals, leverage=_line_leverage(lx, fit_w))
+    if eps is None:
+        return {}, "bootstrap:residual", {}, reason, note
+    blc, be = weighted_line(lx, fitted + eps, fit_w)
+    return {"coef": np.exp(blc), "exponent": be}, "bootstrap:residual", noise, "", note
+
+
+def fit_power_law(x, y, weights=None, *, sigma=None, n_boot: int = 1000, seed: int = 0, bootstrap: str = "auto",
+                  residuals: str = "gaussian", unit: str = "points", exponent_range: Plausible | None = None,
+                  name: str = "power law", x_name: str = "x", y_name: str = "y") -> PowerLawFit:
+    """Fit y = coef·x^exponent by weighted least squares of ln y on ln x, with bootstrap intervals.
+
+    weights: multiplicity of each point (0 = unused). sigma: sd of ln y per point (or one for all); the fit then
+    weighs by weights/sigma² and the residual bootstrap simulates that noise. bootstrap: "auto" | "points" |
+    "residual" (module docstring); unit names what a point is in the interval method ("bootstrap:budgets").
+    Needs at least 2 points with distinct x; with 2 points and no sigma the intervals are undetermined.
     """
     x, y = _positive_finite(f"{name}: x", x), _positive_finite(f"{name}: y", y)
     if x.size != y.size:
         raise ConfigError(f"{name}: x, y", "arrays of equal length", (x.size, y.size))
-    w = np.ones_like(x) if weights is None else np.asarray(weights, float).ravel()
-    if w.size != x.size or not np.all(np.isfinite(w) & (w >= 0)):
-        raise ConfigError(f"{name}: weights", f"{x.size} non-negative finite weights", w.size)
+    _check_choice("bootstrap", bootstrap, BOOTSTRAP_METHODS)
+    _check_choice("residuals", residuals, RESIDUAL_NOISE)
+    if n_boot < 0:
+        raise ConfigError("n_boot", "a non-negative number of bootstrap resamples", n_boot)
+    w, s = _point_weights(name, x.size, weights, sigma)
     if np.unique(x[w > 0]).size < 2:
         raise ConfigError(f"{name}: x", "at least 2 points with distinct x to fit a power law",
                           f"{np.unique(x[w > 0]).size} distinct")
     lx, ly = np.log(x), np.log(y)
-    lc, e = weighted_line(lx, ly, w)
-    samples = None
-    if n_boot > 0:
-        counts = bootstrap_counts(x.size, n_boot, seed)
-        blc, be = weighted_line(lx, ly, counts * w)
-        samples = np.column_stack([np.exp(blc), be])
-    return power_law_result(x, y, float(np.exp(lc)), float(e), samples, weights=w, name=name,
-                            x_name=x_name, y_name=y_name)
+    lc, e = weighted_line(lx, ly, w if s is None else w / s ** 2)
+    draws, method, noise, reason, note = ({}, "none", {}, "", "")
+    if n_boot:
+        draws, method, noise, reason, note = _power_law_draws(lx, ly, w, s, n_boot, seed, bootstrap, residuals, unit)
+    return power_law_result(x, y, float(np.exp(lc)), float(e), draws=draws, weights=w, name=name, x_name=x_name,
+                            y_name=y_name, method=method, noise=noise, undetermined_reason=reason,
+                            exponent_range=exponent_range,
+                            diagnostics={"bootstrap_fallback": note} if note else None)
 
 
 # ---------------------------------------------------------------- saturating law
 
 
-@dataclass(repr=False, eq=False)
+@dataclass(eq=False, repr=False)
 class SaturatingFit(FitResult):
-    """L(C) = E + A·C^-gamma (E irreducible loss). `samples` is (n_boot x 3) draws of (E, A, gamma);
-    `power_law` is the competing pure power law L = coef·C^exponent fitted to the same points."""
+    """L(C) = E + A·C^-gamma (E irreducible loss); draws["E"], ["A"], ["gamma"]. `power_law` is the competing pure
+    power law L = coef·C^exponent fitted to the same points."""
 
-    samples: np.ndarray | None = None
+    kind = "saturating"
+    fit_members = ("power_law",)
+    positive_params = ("A",)
+    non_negative_params = ("E",)
+    finite_params = ("gamma",)
+    summary_keys = ("n_points", "rmse_log", "rmse_log_power", "E_at_bound", "bootstrap_fallback")
+
+    name: str = "loss vs compute"
     power_law: PowerLawFit | None = None
     x_name: str = "C [FLOPs]"
     y_name: str = "L [nats/token]"
@@ -291,18 +400,26 @@ class SaturatingFit(FitResult):
         return p["E"] + p["A"] * np.asarray(C, dtype=float) ** (-p["gamma"])
 
     def predict_samples(self, C) -> np.ndarray:
-        """Bootstrap draws of L(C), shape (n_boot, *C.shape)."""
+        """Draws of L(C), shape (n_draws, *C.shape) (NaN rows for failed draws)."""
         C = np.asarray(C, dtype=float)
-        if self.samples is None or len(self.samples) == 0:
+        if not self.draws:
             return np.empty((0, *C.shape))
         shape = (-1,) + (1,) * C.ndim
-        E, A, g = (self.samples[:, j].reshape(shape) for j in range(3))
-        return E + A * C[None] ** (-g)
+        E, A, g = (np.asarray(self.draws[k], float).reshape(shape) for k in ("E", "A", "gamma"))
+        with np.errstate(over="ignore", invalid="ignore"):
+            return E + A * C[None] ** (-g)
+
+    def predict_interval(self, C, level: float = DEFAULT_LEVEL) -> tuple[np.ndarray, np.ndarray]:
+        """Pointwise percentile interval of L(C); NaN where it is undetermined."""
+        return _pointwise_interval(self.predict_samples(C), level)
+
+    def headline(self) -> str:
+        p = self.params
+        return f"{self.name}: {self.y_name} = {p['E']:.4g} + {p['A']:.4g} · {self.x_name}^-{p['gamma']:.4f}"
 
     def summary(self) -> str:
-        p, d = self.params, self.diagnostics
-        head = f"{self.name}: {self.y_name} = {p['E']:.4g} + {p['A']:.4g} · {self.x_name}^-{p['gamma']:.4f}"
-        lines = summary_lines(self, head, ["n_points", "rmse_log", "rmse_log_power", "E_at_bound"])
+        lines = [super().summary()]
+        d = self.diagnostics
         if self.power_law is not None:
             pl = self.power_law.params
             lines.append(f"  pure power law: L = {pl['coef']:.4g} · C^{pl['exponent']:.4f}")
@@ -310,16 +427,9 @@ class SaturatingFit(FitResult):
                          f"with 3 params vs power {d.get('bic_power', 0):.2f} with 2)")
         return "\n".join(lines)
 
-    def to_dict(self) -> dict:
-        d = super().to_dict()
-        d["samples"] = round_samples(self.samples)
-        if self.power_law is not None:
-            d["power_law_fit"] = self.power_law.to_dict()
-        return d
-
 
 def _saturating_objective(theta, lc, ly, w):
-    """Weighted sum of squared log residuals for theta (..., 3) = (E, lnA, gamma)."""
+    """Weighted sum of squared log residuals for theta (..., 3) = (E, lnA, gamma); ly, w broadcast to (..., n)."""
     E, la, g = theta[..., 0:1], theta[..., 1:2], theta[..., 2:3]
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         m = np.log(E + np.exp(la - g * lc))
@@ -329,20 +439,22 @@ def _saturating_objective(theta, lc, ly, w):
 
 
 def _saturating_batch(lc: np.ndarray, ly: np.ndarray, W: np.ndarray, n_grid: int = 48, n_iter: int = 40):
-    """Fit (E, lnA, gamma) for each row of count weights W (B x n) with 0 <= E < min L.
+    """Fit (E, lnA, gamma) for each row of weights W (B x n) and log losses ly (B x n or n) with 0 <= E < min L.
 
     Variable projection for the start: for E on a grid in [0, min L), ln(L - E) is linear in ln C, so lnA and
     gamma come in closed form; the best grid point is refined by batched Levenberg-Marquardt on log residuals.
+    Returns theta (B x 3), objective (B,) and the upper bound of E per row (min L).
     """
+    ly = np.broadcast_to(ly, W.shape)
     L = np.exp(ly)
     Lmin = np.where(W > 0, L, np.inf).min(-1)  # (B,)
     frac = np.concatenate([[0.0], 1 - np.geomspace(1, 1e-3, n_grid - 1)])  # denser near min L
     E = Lmin[:, None] * frac[None, :] * (1 - 1e-6)  # (B, G)
     with np.errstate(invalid="ignore", divide="ignore"):
-        z = np.log(L[None, None, :] - E[..., None])  # (B, G, n)
+        z = np.log(L[:, None, :] - E[..., None])  # (B, G, n)
     la, slope = weighted_line(lc[None, None, :], z, W[:, None, :])
     theta = np.stack([E, la, -slope], axis=-1)  # (B, G, 3)
-    obj = _saturating_objective(theta, lc, ly, W[:, None, :])
+    obj = _saturating_objective(theta, lc, ly[:, None, :], W[:, None, :])
     best = np.argmin(obj, axis=1)
     theta = theta[np.arange(len(W)), best]  # (B, 3)
     f = obj[np.arange(len(W)), best]
@@ -370,7 +482,7 @@ def _saturating_batch(lc: np.ndarray, ly: np.ndarray, W: np.ndarray, n_grid: int
         theta = np.where(better[:, None], cand, theta)
         f = np.where(better, fc, f)
         lam = np.where(better, lam * 0.3, lam * 10.0)
-    return theta, f
+    return theta, f, Lmin
 
 
 def _information_criteria(rss: float, n: int, p: int) -> tuple[float, float]:
@@ -379,30 +491,77 @@ def _information_criteria(rss: float, n: int, p: int) -> tuple[float, float]:
     return ll_term + 2 * p, ll_term + p * math.log(n)
 
 
-def fit_saturating(C, L, *, n_boot: int = 1000, seed: int = 0) -> SaturatingFit:
+def _saturating_draws(lc, ly, w, sigma, theta, n_boot: int, seed: int, bootstrap: str, residuals: str):
+    """Bootstrap draws of (E, lnA, gamma) in centred ln C, the method, the noise model, a reason when there are
+    none, and a note on any fallback. A draw fails when its refit is not finite, sits on the upper bound of E
+    (E -> min L: the C term vanishes) or, resampling points, holds fewer than 4 distinct C."""
+    fit_w = w if sigma is None else w / sigma ** 2
+    n_units = int(np.unique(lc[w > 0]).size)
+    chosen, note = bootstrap, ""
+    if bootstrap == "auto":
+        chosen = "points"
+        if sigma is not None:
+            chosen, note = "residual", "per-point sigma given: residual bootstrap with that noise"
+        elif n_units < MIN_RESAMPLE_UNITS:
+            chosen, note = "residual", f"only {n_units} distinct C (< {MIN_RESAMPLE_UNITS}) to resample"
+
+    def refit(ly_rows, W):
+        bt, bf, Lmin = _saturating_batch(lc, ly_rows, W)
+        ok = np.isfinite(bf) & np.isfinite(bt).all(axis=1) & (bt[:, 0] < Lmin * (1 - 1e-6))
+        bt[~ok] = np.nan
+        return bt
+
+    if chosen == "points":
+        counts = bootstrap_counts(lc.size, n_boot, seed)
+        distinct = np.array([np.unique(lc[(c > 0) & (w > 0)]).size for c in counts])
+        bt = refit(ly, counts * fit_w)
+        bt[distinct < 4] = np.nan
+        n_ok = int(np.isfinite(bt[:, 0]).sum())
+        if bootstrap != "auto" or n_ok >= MIN_OK_FRACTION * n_boot:
+            return bt, "bootstrap:points", {}, "", note
+        chosen, note = "residual", f"only {n_ok}/{n_boot} point resamples gave a saturating fit off its bounds"
+    E, la, g = theta
+    with np.errstate(divide="ignore"):
+        fitted = np.log(E + np.exp(la - g * lc))
+    eps, noise, reason = simulate_log_noise(ly - fitted, fit_w if sigma is None else w, sigma, 3, n_boot,
+                                            np.random.default_rng(seed), residuals=residuals)
+    if eps is None:
+        return None, "bootstrap:residual", {}, reason, note
+    return refit(fitted + eps, np.broadcast_to(fit_w, eps.shape).copy()), "bootstrap:residual", noise, "", note
+
+
+def fit_saturating(C, L, *, weights=None, sigma=None, n_boot: int = 1000, seed: int = 0, bootstrap: str = "auto",
+                   residuals: str = "gaussian") -> SaturatingFit:
     """Fit L(C) = E + A·C^-gamma (0 <= E < min L) on log residuals, and the pure power law L = k·C^-e.
 
-    Needs at least 4 points (3 parameters + 1 degree of freedom). diagnostics: preferred ("saturating" or
-    "power", by BIC on log residuals; AIC also reported), power_law {coef, exponent}, rmse_log of both,
-    aic_*/bic_* with the parameter counts (3 and 2). Bootstrap resamples points (C, L pairs).
+    Needs at least 4 points with distinct C (3 parameters + 1 degree of freedom). weights, sigma, bootstrap,
+    residuals: as in fit_power_law. diagnostics: preferred ("saturating" or "power", by BIC on log residuals; AIC
+    also reported), power_law {coef, exponent}, rmse_log of both, aic_*/bic_* with the parameter counts (3 and 2).
     """
     C, L = _positive_finite("loss_vs_compute: C", C), _positive_finite("loss_vs_compute: L", L)
     if C.size != L.size:
         raise ConfigError("loss_vs_compute: C, L", "arrays of equal length", (C.size, L.size))
-    if C.size < 4 or np.unique(C).size < 4:
+    _check_choice("bootstrap", bootstrap, BOOTSTRAP_METHODS)
+    _check_choice("residuals", residuals, RESIDUAL_NOISE)
+    if n_boot < 0:
+        raise ConfigError("n_boot", "a non-negative number of bootstrap resamples", n_boot)
+    w, s = _point_weights("loss_vs_compute", C.size, weights, sigma)
+    if np.unique(C[w > 0]).size < 4:
         raise ConfigError("loss_vs_compute", "at least 4 points with distinct C to fit L = E + A·C^-gamma "
-                          "(3 parameters)", f"{np.unique(C).size} distinct")
+                          "(3 parameters)", f"{np.unique(C[w > 0]).size} distinct")
+    fit_w = w if s is None else w / s ** 2
     # Center ln C so lnA is well conditioned; convert back at the end.
     c0 = float(np.mean(np.log(C)))
     lc, ly = np.log(C) - c0, np.log(L)
-    theta, _ = _saturating_batch(lc, ly, np.ones((1, C.size)))
+    theta, _, _ = _saturating_batch(lc, ly, fit_w[None, :])
     theta = theta[0]
-    upper = L.min() * (1 - 1e-9)
+    upper = L[w > 0].min() * (1 - 1e-9)
+    sqrt_w = np.sqrt(fit_w)
 
     def resid(t):
-        return ly - np.log(t[0] + np.exp(t[1] - t[2] * lc))
+        return sqrt_w * (ly - np.log(t[0] + np.exp(t[1] - t[2] * lc)))
 
-    x0 = np.clip(theta, [0, -np.inf, -np.inf], [upper, np.inf, np.inf])
+    x0 = theta.copy()
     x0[0] = min(max(x0[0], 0.0), upper * (1 - 1e-9))
     sol = least_squares(resid, x0, bounds=([0, -np.inf, -np.inf], [upper, np.inf, np.inf]), method="trf")
     if sol.cost * 2 <= np.sum(resid(theta) ** 2):
@@ -410,34 +569,109 @@ def fit_saturating(C, L, *, n_boot: int = 1000, seed: int = 0) -> SaturatingFit:
     E, la, g = (float(v) for v in theta)
     A = math.exp(la + g * c0)
     rss_sat = float(np.sum(resid(theta) ** 2))
+    active = w > 0
+    rmse_sat = float(np.sqrt(np.mean((ly - np.log(E + np.exp(la - g * lc)))[active] ** 2)))
 
-    power = fit_power_law(C, L, n_boot=n_boot, seed=seed, name="L(C) pure power law", x_name="C [FLOPs]",
-                          y_name="L [nats/token]")
-    rss_pow = float(np.sum((ly - np.log(power.predict(C))) ** 2))
-    n = C.size
+    power = fit_power_law(C, L, w, sigma=s, n_boot=n_boot, seed=seed, bootstrap=bootstrap, residuals=residuals,
+                          name="L(C) pure power law", x_name="C [FLOPs]", y_name="L [nats/token]")
+    resid_pow = ly - np.log(power.predict(C))
+    rss_pow = float(np.sum(fit_w * resid_pow ** 2))
+    n = int(active.sum())
     aic_s, bic_s = _information_criteria(rss_sat, n, 3)
     aic_p, bic_p = _information_criteria(rss_pow, n, 2)
 
-    samples = None
-    if n_boot > 0:
-        counts = bootstrap_counts(n, n_boot, seed)
-        bt, bf = _saturating_batch(lc, ly, counts.astype(float))
-        ok = np.isfinite(bf) & (np.count_nonzero(counts, axis=1) >= 3)
-        samples = np.column_stack([bt[:, 0], np.exp(bt[:, 1] + bt[:, 2] * c0), bt[:, 2]])
-        samples[~ok] = np.nan
-    names = ["E", "A", "gamma"]
-    intervals, stderr = samples_summary(samples, names)
+    params = {"E": E, "A": A, "gamma": g}
+    method, noise, reason, note, draws = "none", {}, "no bootstrap (n_boot = 0)", "", {}
+    if n_boot:
+        bt, method, noise, reason, note = _saturating_draws(lc, ly, w, s, theta, n_boot, seed, bootstrap, residuals)
+        if bt is not None:
+            draws = {"E": bt[:, 0], "A": np.exp(bt[:, 1] + bt[:, 2] * c0), "gamma": bt[:, 2]}
+    intervals = (intervals_from_draws(draws, method=method) if draws else
+                 {k: Interval.undetermined(reason, method=method) for k in params})
+    at_bound = bool(E <= 1e-12 * upper or E >= upper * (1 - 1e-6))
+    unreliable = unreliable_reasons(params, intervals, exponents={"gamma": LOSS_EXPONENT}, spans=("E",))
+    if at_bound:
+        unreliable["E"] = ("E at its bound 0: the data do not show an irreducible loss" if E <= 1e-12 * upper
+                           else "E at its bound min L: the C term does not fit")
     diagnostics = {
-        "n_points": n, "rmse_log": math.sqrt(rss_sat / n), "rmse_log_power": math.sqrt(rss_pow / n),
+        "n_points": n, "rmse_log": rmse_sat, "rmse_log_power": float(np.sqrt(np.mean(resid_pow[active] ** 2))),
         "n_params_saturating": 3, "n_params_power": 2,
         "aic_saturating": aic_s, "aic_power": aic_p, "bic_saturating": bic_s, "bic_power": bic_p,
         "preferred": "saturating" if bic_s < bic_p else "power",
         "preferred_by_aic": "saturating" if aic_s < aic_p else "power",
         "power_law": {"coef": power.params["coef"], "exponent": power.params["exponent"]},
-        "E_at_bound": bool(E <= 1e-12 or E >= upper * (1 - 1e-6)),
-        "C_min": float(C.min()), "C_max": float(C.max()),
+        "E_at_bound": at_bound, "C_min": float(C.min()), "C_max": float(C.max()), "bootstrap": method,
     }
-    return SaturatingFit(params={"E": E, "A": A, "gamma": g}, intervals=intervals, stderr=stderr,
-                         n_boot=0 if samples is None else len(samples), diagnostics=diagnostics,
-                         samples=samples, power_law=power, name="loss vs compute")
+    if note:
+        diagnostics["bootstrap_fallback"] = note
+    return SaturatingFit(params=params, intervals=intervals, draws=draws, diagnostics=diagnostics, noise=noise,
+                         unreliable=unreliable, power_law=power, name="loss vs compute")
 
+
+# ---------------------------------------------------------------- compute-optimal allocation (approaches 1, 2)
+
+
+@dataclass(eq=False, repr=False)
+class AllocationFit(FitResult):
+    """Base of the fits that end in compute-optimal laws (approaches 1 and 2).
+
+    params: a, b (exponents of N_opt, D_opt in C), N_coef, D_coef, L_coef, L_exponent (allocation_fields builds
+    them, their draws and intervals from the laws); N_opt, D_opt, L_opt: PowerLawFit laws in C [FLOPs].
+    Subclasses set `kind`, `table_name` (their per-budget / per-FLOP-value DataFrame member) and summary_keys.
+    """
+
+    fit_members = ("N_opt", "D_opt", "L_opt")
+    table_name: ClassVar[str] = ""
+
+    N_opt: PowerLawFit | None = None
+    D_opt: PowerLawFit | None = None
+    L_opt: PowerLawFit | None = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.table_name:
+            cls.table_members = (cls.table_name,)
+
+    def predict(self, C) -> dict:
+        """Compute-optimal N [params], D [tokens] and loss at C [FLOPs] from the three laws."""
+        return {"N_opt": self.N_opt.predict(C), "D_opt": self.D_opt.predict(C), "L_opt": self.L_opt.predict(C)}
+
+    def predict_samples(self, C) -> dict:
+        """Draws of the same three quantities, each (n_draws, *C.shape)."""
+        return {"N_opt": self.N_opt.predict_samples(C), "D_opt": self.D_opt.predict_samples(C),
+                "L_opt": self.L_opt.predict_samples(C)}
+
+    def headline(self) -> str:
+        p = self.params
+        return (f"{self.name}: N_opt ∝ C^{p['a']:.3f}, D_opt ∝ C^{p['b']:.3f} "
+                f"(N in params, D in tokens, C in FLOPs; a + b = {p['a'] + p['b']:.3f})")
+
+    def summary(self) -> str:
+        lines = [super().summary(), *self.table_lines()]
+        for law in (self.N_opt, self.D_opt, self.L_opt):
+            if law is not None:
+                lines.append("  " + law.headline())
+        return "\n".join(lines)
+
+    def table_lines(self) -> list[str]:
+        """Extra summary lines for the subclass's table (none by default)."""
+        return []
+
+
+def allocation_fields(N_opt: PowerLawFit, D_opt: PowerLawFit, L_opt: PowerLawFit) -> dict:
+    """params, draws, intervals and unreliable of an AllocationFit from its three laws (keyword arguments for the
+    subclass): a, b = the N_opt, D_opt exponents (plausible in [0, 1]), the coefficients, and L_opt's law."""
+    source = {"a": (N_opt, "exponent"), "b": (D_opt, "exponent"), "N_coef": (N_opt, "coef"),
+              "D_coef": (D_opt, "coef"), "L_coef": (L_opt, "coef"), "L_exponent": (L_opt, "exponent")}
+    params = {k: law.params[p] for k, (law, p) in source.items()}
+    intervals = {k: law.intervals[p] for k, (law, p) in source.items() if p in law.intervals}
+    lengths = {law.n_draws for law, _ in source.values()}
+    draws = {k: np.asarray(law.draws[p], float) for k, (law, p) in source.items()} if lengths != {0} else {}
+    if len({len(v) for v in draws.values()}) > 1:
+        raise ConfigError("allocation laws", "the same number of draws for N_opt, D_opt and L_opt", sorted(lengths))
+    unreliable = unreliable_reasons(params, intervals, exponents={"a": ALLOCATION_EXPONENT, "b": ALLOCATION_EXPONENT})
+    for k, (law, p) in source.items():
+        if p in law.unreliable:
+            unreliable.setdefault(k, law.unreliable[p])
+    return {"params": params, "draws": draws, "intervals": intervals, "unreliable": unreliable,
+            "N_opt": N_opt, "D_opt": D_opt, "L_opt": L_opt}

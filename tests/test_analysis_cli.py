@@ -11,7 +11,7 @@ from analysis.cli import parse_columns
 from scaling.cli import main
 from scaling.errors import ConfigError
 
-CHINCHILLA = Path(__file__).resolve().parents[2] / "shared" / "data" / "chinchilla_epoch.csv"
+CHINCHILLA = Path(__file__).resolve().parent / "data" / "chinchilla_epoch.csv"  # see tests/data/README.md
 
 
 @pytest.fixture(scope="module")
