@@ -2,9 +2,20 @@
 compute-optimal model; power laws N_opt(C) ∝ C^a, D_opt(C) ∝ C^b and L_opt(C) are then fitted across budgets.
 
 Units: N in parameters, D in tokens, C in FLOPs, loss in nats/token. Logs in parabolas are base 10.
-Bootstrap ("runs"): resample runs with replacement inside each budget, refit every parabola and every law on
-each resample (the window and the set of usable budgets stay those of the full data). ("budgets"): resample whole
-budgets with replacement and refit the laws on their optima.
+
+Noise model (analysis.noise): runs that differ only in seed are replicates; their mean is the point's loss and
+their spread gives sigma (relative sd of one run's loss). Without replicates sigma comes from the parabolas'
+residuals. Each point's weight in its parabola is its number of replicates (sigma is one relative value).
+
+Intervals (method "bootstrap:residual", the default when sigma is known): a parametric bootstrap that draws new
+losses around each fitted parabola with noise sigma (itself drawn from its chi-square uncertainty), refits every
+parabola and every law. The draw is done on the parabolas' sufficient statistics, so its cost does not grow with
+the draws times the rows. "bootstrap:runs" resamples points inside each budget (needs >= 5 per budget);
+"bootstrap:budgets" resamples whole budgets (needs >= 5 usable budgets). A draw whose vertex is not convex or lies
+more than half the grid's width beyond the grid is a failed draw; fewer than 90% successful draws make an interval
+undetermined. When the budgets' optima scatter about the fitted law more than their own noise explains (the
+parabola is a biased local model of the isoFLOP curve, off-centre and wide grids), that excess scatter is added to
+every draw as a model-error term (diagnostics["model_error"]).
 """
 
 from __future__ import annotations
@@ -16,31 +27,58 @@ import numpy as np
 import pandas as pd
 
 from analysis.data import budgets_of, require_columns
+from analysis.noise import NoiseEstimate, collapse_replicates, residual_noise
 from analysis.powerlaw import (
     AllocationFit,
-    bootstrap_counts,
+    PowerLawFit,
+    SaturatingFit,
+    allocation_fields,
     power_law_result,
-    samples_summary,
     weighted_line,
 )
-from analysis.result import percentile_interval
+from analysis.result import (
+    LOSS_EXPONENT,
+    MIN_RESAMPLE_UNITS,
+    Interval,
+    interval_from_draws,
+    unreliable_reasons,
+)
 from scaling.errors import ConfigError
 
 FLAGS = ("edge_minimum", "too_few_points", "not_convex")
+BOOTSTRAPS = ("auto", "residual", "runs", "budgets")
+EDGE_TOLERANCE = 0.1  # a vertex within this fraction of the grid spacing of the outermost point is on the edge
+FAILED_DRAW_REACH = 0.5  # a draw's vertex beyond the grid by more than this fraction of the grid's width fails
+_DRAW_CHUNK_CELLS = 4_000_000  # draws x points per chunk of the runs bootstrap (bounds its memory)
+
+
+# ---------------------------------------------------------------- parabolas
 
 
 def parabola_batch(x: np.ndarray, y: np.ndarray, W: np.ndarray) -> np.ndarray:
     """Coefficients (c0, c1, c2) of y ≈ c0 + c1·x + c2·x² by weighted least squares for each row of W (B x n).
 
     Rows with fewer than 3 distinct x carrying weight give NaN. Center x beforehand for conditioning.
+    Linear in B·n: distinct x are counted per row by reducing the sorted columns.
     """
+    x, y, W = np.asarray(x, float), np.asarray(y, float), np.atleast_2d(np.asarray(W, float))
     X = np.stack([np.ones_like(x), x, x * x], axis=1)  # (n, 3)
-    XtWX = np.einsum("bn,ni,nj->bij", W, X, X)
-    XtWy = np.einsum("bn,ni,n->bi", W, X, y)
-    _, inverse = np.unique(x, return_inverse=True)
-    distinct = ((W > 0).astype(float) @ np.eye(inverse.max() + 1)[inverse] > 0).sum(1)
+    XtWX = W @ (X[:, :, None] * X[:, None, :]).reshape(len(x), 9)
+    XtWy = W @ (X * y[:, None])
+    return _solve_parabolas(XtWX.reshape(-1, 3, 3), XtWy, _distinct_weighted(x, W))
+
+
+def _distinct_weighted(x: np.ndarray, W: np.ndarray) -> np.ndarray:
+    """Number of distinct x values carrying positive weight, per row of W."""
+    order = np.argsort(x, kind="stable")
+    xs = x[order]
+    starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])
+    return np.logical_or.reduceat(W[:, order] > 0, starts, axis=1).sum(1)
+
+
+def _solve_parabolas(XtWX: np.ndarray, XtWy: np.ndarray, distinct: np.ndarray) -> np.ndarray:
+    out = np.full((len(XtWy), 3), np.nan)
     ok = distinct >= 3
-    out = np.full((len(W), 3), np.nan)
     if ok.any():
         out[ok] = np.linalg.solve(XtWX[ok], XtWy[ok][..., None])[..., 0]
     return out
@@ -62,173 +100,471 @@ def uncentered(coef: np.ndarray, center: float) -> list[float]:
     return [c2, c1 - 2 * c2 * center, c0 - c1 * center + c2 * center * center]
 
 
+# ---------------------------------------------------------------- one budget
+
+
 @dataclass
 class BudgetProfile:
-    """One budget's isoFLOP parabola fits: point estimates, bootstrap draws, flags."""
+    """One budget's points (replicates averaged, sorted by N), its parabolas, flags and bootstrap draws."""
 
     budget: float
-    n_points: int
-    n_fit: int
-    flags: list[str]
-    logN: float  # vertex in log10 N (or best observed point when no vertex)
-    logD: float
-    L: float
-    boot_logN: np.ndarray
-    boot_logD: np.ndarray
-    boot_L: np.ndarray
-    parabola_N: list[float]
-    parabola_D: list[float]
-    fit_range_N: tuple[float, float]
-    fit_range_D: tuple[float, float]
-    best_N: float
-    best_loss: float
+    logN: np.ndarray  # every point of the budget
+    logD: np.ndarray
+    loss: np.ndarray
+    weight: np.ndarray  # replicates per point
+    fit: np.ndarray  # bool mask of the points inside the window
+    coef_N: np.ndarray = field(default_factory=lambda: np.full(3, np.nan))  # centered at center_N
+    coef_D: np.ndarray = field(default_factory=lambda: np.full(3, np.nan))
+    center_N: float = math.nan
+    center_D: float = math.nan
+    flags: list[str] = field(default_factory=list)
+    draws: dict[str, np.ndarray] = field(default_factory=dict)  # logN, logD, L per draw (NaN = failed)
+
+    @property
+    def vertex_N(self) -> tuple[float, float]:
+        xv, yv = vertex(self.coef_N, self.center_N)
+        return float(xv), float(yv)
+
+    @property
+    def vertex_D(self) -> float:
+        return float(vertex(self.coef_D, self.center_D)[0])
+
+    @property
+    def used(self) -> bool:
+        return not self.flags
+
+    def fitted(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(logN, logD, loss, weight) of the points in the window."""
+        return self.logN[self.fit], self.logD[self.fit], self.loss[self.fit], self.weight[self.fit]
+
+    def grid_bounds(self, axis: str = "N") -> tuple[float, float]:
+        x = self.logN[self.fit] if axis == "N" else self.logD[self.fit]
+        return float(x.min()), float(x.max())
+
+    def residuals(self) -> np.ndarray:
+        """Relative residuals (loss / parabola - 1) of the fitted points in log N."""
+        x, _, y, _ = self.fitted()
+        pred = np.polyval(uncentered(self.coef_N, self.center_N), x)
+        return y / pred - 1.0
 
 
-def _profile(budget, logN, logD, loss, counts, window, min_side) -> BudgetProfile:
-    """Fit one budget: window around the lowest loss, parabolas in log N and log D, flags, bootstrap draws."""
-    order = np.argsort(logN)
-    logN, logD, loss = logN[order], logD[order], loss[order]
-    counts = counts[:, order]
-    best = int(np.argmin(loss))
-    sel = np.ones(loss.size, bool) if window is None else np.abs(logN - logN[best]) <= window + 1e-12
-    flags = []
-    if logN[best] <= logN.min() or logN[best] >= logN.max():
-        flags.append("edge_minimum")
-    xs, ds, ys = logN[sel], logD[sel], loss[sel]
-    mN, mD = float(xs.mean()), float(ds.mean())
-    nan_b = np.full(len(counts), np.nan)
-    result = {"budget": budget, "n_points": int(loss.size), "n_fit": int(sel.sum()), "logN": float(logN[best]),
-              "logD": float(logD[best]), "L": float(loss[best]), "boot_logN": nan_b, "boot_logD": nan_b,
-              "boot_L": nan_b, "parabola_N": [math.nan] * 3, "parabola_D": [math.nan] * 3,
-              "fit_range_N": (10 ** xs.min(), 10 ** xs.max()), "fit_range_D": (10 ** ds.min(), 10 ** ds.max()),
-              "best_N": float(10 ** logN[best]), "best_loss": float(loss[best])}
-    if np.unique(xs).size < 3:
-        return BudgetProfile(flags=flags + ["too_few_points"], **result)
-    cN = parabola_batch(xs - mN, ys, np.ones((1, xs.size)))[0]
-    cD = parabola_batch(ds - mD, ys, np.ones((1, ds.size)))[0]
-    result["parabola_N"], result["parabola_D"] = uncentered(cN, mN), uncentered(cD, mD)
-    xv, yv = vertex(cN, mN)
-    dv, _ = vertex(cD, mD)
-    if not (np.isfinite(xv) and np.isfinite(dv)):
-        flags.append("not_convex")
-    else:
-        result.update(logN=float(xv), logD=float(dv), L=float(yv))
-        if (xv < xs.min() or xv > xs.max()) and "edge_minimum" not in flags:
-            flags.append("edge_minimum")
-        if min((xs < xv).sum(), (xs > xv).sum()) < min_side:
-            flags.append("too_few_points")
-    if len(counts):
-        W = counts[:, sel].astype(float)
-        bN, bL = vertex(parabola_batch(xs - mN, ys, W), mN)
-        bD, _ = vertex(parabola_batch(ds - mD, ys, W), mD)
-        result.update(boot_logN=bN, boot_logD=bD, boot_L=bL)
-    return BudgetProfile(flags=flags, **result)
+def _window_mask(logN: np.ndarray, loss: np.ndarray, weight: np.ndarray, window: float | None) -> np.ndarray:
+    """Points within `window` decades of N of the budget's optimum: the vertex of the parabola through all points
+    when it is convex and inside the grid (robust to ties and tiny changes of a loss), else the lowest loss."""
+    if window is None:
+        return np.ones(logN.size, bool)
+    centre = math.nan
+    if np.unique(logN).size >= 3:
+        m = float(logN.mean())
+        xv, _ = vertex(parabola_batch(logN - m, loss, weight[None, :])[0], m)
+        if np.isfinite(xv) and logN.min() <= xv <= logN.max():
+            centre = float(xv)
+    if not math.isfinite(centre):
+        centre = float(logN[np.argmin(loss)])
+    return np.abs(logN - centre) <= window + 1e-12
 
 
-@dataclass(repr=False, eq=False)
+def _fit_profile(pr: BudgetProfile, min_side: int) -> None:
+    """Parabolas in log N and log D through the window's points, and the flags (from the vertex and the grid)."""
+    x, d, y, w = pr.fitted()
+    if np.unique(x).size < 3:
+        pr.flags.append("too_few_points")
+        return
+    pr.center_N, pr.center_D = float(np.average(x, weights=w)), float(np.average(d, weights=w))
+    pr.coef_N = parabola_batch(x - pr.center_N, y, w[None, :])[0]
+    pr.coef_D = parabola_batch(d - pr.center_D, y, w[None, :])[0]
+    xv, _ = pr.vertex_N
+    if not (np.isfinite(xv) and np.isfinite(pr.vertex_D)):
+        pr.flags.append("not_convex")
+        return
+    ux = np.unique(x)
+    tol = EDGE_TOLERANCE * float(np.median(np.diff(ux)))
+    if xv < ux[0] + tol or xv > ux[-1] - tol:
+        pr.flags.append("edge_minimum")
+    if min((ux < xv - tol).sum(), (ux > xv + tol).sum()) < min_side:
+        pr.flags.append("too_few_points")
+
+
+def _vertex_draws(pr: BudgetProfile, coef_N: np.ndarray, coef_D: np.ndarray) -> dict[str, np.ndarray]:
+    """logN, logD, L of each draw's vertices; NaN (failed) when not convex or beyond the grid by more than
+    FAILED_DRAW_REACH of its width."""
+    xv, yv = vertex(coef_N, pr.center_N)
+    dv, _ = vertex(coef_D, pr.center_D)
+    ok = np.isfinite(xv) & np.isfinite(dv) & np.isfinite(yv)
+    for axis, v in (("N", xv), ("D", dv)):
+        lo, hi = pr.grid_bounds(axis)
+        reach = FAILED_DRAW_REACH * (hi - lo)
+        with np.errstate(invalid="ignore"):
+            ok &= (v >= lo - reach) & (v <= hi + reach)
+    nan = np.float64(np.nan)
+    return {"logN": np.where(ok, xv, nan), "logD": np.where(ok, dv, nan), "L": np.where(ok, yv, nan)}
+
+
+def _residual_draws(pr: BudgetProfile, sigma: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Parametric bootstrap of one budget: losses redrawn around the fitted parabola with relative noise sigma_b
+    (one per draw) / sqrt(replicates), both parabolas refitted. Done exactly on the sufficient statistics: with
+    y* = yhat·(1 + sigma·e/sqrt(w)), the refitted coefficients are the fitted ones plus H·sigma·e with
+    H = (X'WX)^-1 X'W diag(yhat/sqrt(w)) (6 x n, both parabolas share the losses); H·e is drawn as U·S·g from the
+    SVD of H, so a draw costs 6 normal numbers whatever the number of points."""
+    x, d, _y, w = pr.fitted()
+    yhat = np.polyval(uncentered(pr.coef_N, pr.center_N), x)
+    XN = np.stack([np.ones_like(x), x - pr.center_N, (x - pr.center_N) ** 2], 1)
+    XD = np.stack([np.ones_like(d), d - pr.center_D, (d - pr.center_D) ** 2], 1)
+    # Coefficients of both parabolas fitted to the smooth curve yhat (the draws' common mean).
+    base_N = np.linalg.solve(XN.T @ (w[:, None] * XN), XN.T @ (w * yhat))
+    base_D = np.linalg.solve(XD.T @ (w[:, None] * XD), XD.T @ (w * yhat))
+    # Coefficient noise: c* - c = H e', H = (X'WX)^-1 X'W diag(yhat/sqrt(w)), e' ~ N(0, sigma^2)
+    HN = np.linalg.solve(XN.T @ (w[:, None] * XN), (XN * (w * yhat / np.sqrt(w))[:, None]).T)
+    HD = np.linalg.solve(XD.T @ (w[:, None] * XD), (XD * (w * yhat / np.sqrt(w))[:, None]).T)
+    H = np.vstack([HN, HD])  # (6, n)
+    U, S, _ = np.linalg.svd(H, full_matrices=False)  # H e' has the law of (U S) g, g ~ N(0, I): 6 numbers a draw
+    z = rng.standard_normal((sigma.size, S.size)) @ (U * S).T * sigma[:, None]
+    return _vertex_draws(pr, base_N[None, :] + z[:, :3], base_D[None, :] + z[:, 3:])
+
+
+def _runs_draws(pr: BudgetProfile, n_boot: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Nonparametric bootstrap of one budget: its points resampled with replacement, both parabolas refitted.
+    Memory is bounded by refitting in chunks of draws."""
+    x, d, y, w = pr.fitted()
+    n = x.size
+    chunk = max(1, _DRAW_CHUNK_CELLS // max(n, 1))
+    parts_N, parts_D = [], []
+    for start in range(0, n_boot, chunk):
+        counts = rng.multinomial(n, np.full(n, 1.0 / n), size=min(chunk, n_boot - start)).astype(float)
+        W = counts * w[None, :]
+        parts_N.append(parabola_batch(x - pr.center_N, y, W))
+        parts_D.append(parabola_batch(d - pr.center_D, y, W))
+    return _vertex_draws(pr, np.concatenate(parts_N), np.concatenate(parts_D))
+
+
+# ---------------------------------------------------------------- the result
+
+
+@dataclass(eq=False, repr=False)
 class IsoflopFit(AllocationFit):
-    """IsoFLOP fit (approach 2): the AllocationFit laws, and .budgets: one row per budget (optimum, 95% interval,
-    flags, parabola coefficients for plotting)."""
+    """IsoFLOP fit (approach 2): the AllocationFit laws N_opt, D_opt, L_opt (power laws in C), the loss frontier
+    L_frontier (L = E + A·C^-gamma through the budgets' optimal losses, when >= 3 budgets are used; predict uses it
+    for L_opt because a pure power law in C has no irreducible loss and extrapolates too low), and .budgets: one row
+    per budget (optimum with its interval, flags, whether it entered the laws, parabola coefficients for plotting)."""
+
+    kind = "isoflop"
+    table_name = "budgets"
+    fit_members = ("N_opt", "D_opt", "L_opt", "L_frontier")
+    summary_keys = ("n_budgets", "n_used", "n_runs", "window", "bootstrap", "bootstrap_reason",
+                    "min_points_per_side")
 
     budgets: pd.DataFrame = field(default_factory=pd.DataFrame)
-    table_name = "budgets"
-    summary_keys = ("n_budgets", "n_used", "window", "bootstrap", "min_points_per_side")
+    L_frontier: SaturatingFit | None = None
+
+    def predict(self, C) -> dict:
+        """Compute-optimal N [params], D [tokens] and loss at C [FLOPs]; the loss from L_frontier when present."""
+        out = super().predict(C)
+        if self.L_frontier is not None:
+            out["L_opt"] = self.L_frontier.predict(C)
+        return out
+
+    def predict_samples(self, C) -> dict:
+        """Draws of the same three quantities, each (n_draws, *C.shape)."""
+        out = super().predict_samples(C)
+        if self.L_frontier is not None:
+            out["L_opt"] = self.L_frontier.predict_samples(C)
+        return out
 
     def table_lines(self) -> list[str]:
         lines = ["  per budget:      C [FLOPs]   N_opt [params] (95% CI)          D_opt [tokens]   L_opt   flags"]
-        for r in self.budgets.itertuples():
-            lines.append(f"    {r.budget:14.4g}   {r.N_opt:10.4g} [{r.N_opt_lo:.3g}, {r.N_opt_hi:.3g}]   "
-                         f"{r.D_opt:12.4g}   {r.L_opt:.4f}   {','.join(r.flags) or '-'}")
+        for r in self.budgets.to_dict("records"):
+            ci = (f"[{r['N_opt_lo']:.3g}, {r['N_opt_hi']:.3g}] ({r['n_ok']}/{r['n_total']})"
+                  if not r.get("N_opt_reason") else f"undetermined: {r['N_opt_reason']}")
+            lines.append(f"    {r['budget']:14.4g}   {r['N_opt']:10.4g} {ci}   {r['D_opt']:12.4g}   "
+                         f"{r['L_opt']:.4f}   {','.join(r['flags']) or '-'}{'' if r['used'] else ' (not used)'}")
+        if self.L_frontier is not None:
+            lines.append("  " + self.L_frontier.headline())
         return lines
 
 
-def _budget_table(profiles: list[BudgetProfile]) -> pd.DataFrame:
+# ---------------------------------------------------------------- the fit
+
+
+def _profiles(df: pd.DataFrame, budget: np.ndarray, window: float | None, min_side: int) -> list[BudgetProfile]:
+    """One BudgetProfile per budget; sorts once, so it is linear (after the sort) in the rows."""
+    order = np.lexsort((df["N"].to_numpy(float), budget))
+    b = budget[order]
+    logN = np.log10(df["N"].to_numpy(float))[order]
+    logD = np.log10(df["D"].to_numpy(float))[order]
+    loss = df["loss"].to_numpy(float)[order]
+    weight = df["n_replicates"].to_numpy(float)[order]
+    starts = np.flatnonzero(np.r_[True, b[1:] != b[:-1]])
+    stops = np.r_[starts[1:], b.size]
+    profiles = []
+    for s, e in zip(starts, stops):
+        sl = slice(s, e)
+        pr = BudgetProfile(budget=float(b[s]), logN=logN[sl], logD=logD[sl], loss=loss[sl], weight=weight[sl],
+                           fit=_window_mask(logN[sl], loss[sl], weight[sl], window))
+        _fit_profile(pr, min_side)
+        profiles.append(pr)
+    return profiles
+
+
+def _noise(profiles: list[BudgetProfile], replicates: NoiseEstimate) -> NoiseEstimate:
+    """The replicate estimate when there is one, else sigma from the parabolas' residuals."""
+    if replicates.determined:
+        return replicates
+    fitted = [pr for pr in profiles if np.isfinite(pr.coef_N).all()]
+    r = np.concatenate([pr.residuals() for pr in fitted]) if fitted else np.empty(0)
+    w = np.concatenate([pr.fitted()[3] for pr in fitted]) if fitted else np.empty(0)
+    dof = sum(int(pr.fit.sum()) - 3 for pr in fitted)
+    return residual_noise(r, w, dof)
+
+
+def _choose_bootstrap(requested: str, noise: NoiseEstimate, used: list[BudgetProfile]) -> tuple[str, str]:
+    """(method, reason it cannot be used or ""). auto: residual when sigma is known, else runs when every used budget
+    has >= 5 points, else budgets when >= 5 budgets are used."""
+    min_points = min(int(pr.fit.sum()) for pr in used)
+    can = {"residual": "" if noise.determined else f"no noise estimate ({noise.reason})",
+           "runs": "" if min_points >= MIN_RESAMPLE_UNITS else
+           f"resampling runs is degenerate with {min_points} points in a budget (< {MIN_RESAMPLE_UNITS})",
+           "budgets": "" if len(used) >= MIN_RESAMPLE_UNITS else
+           f"resampling budgets is degenerate with {len(used)} usable budgets (< {MIN_RESAMPLE_UNITS})"}
+    if requested != "auto":
+        return requested, can[requested]
+    for method in ("residual", "runs", "budgets"):
+        if not can[method]:
+            return method, ""
+    return "residual", "; ".join(can.values())
+
+
+def _budget_draws(profiles, method: str, noise: NoiseEstimate, n_boot: int, rng) -> None:
+    """Fill each profile's draws (per-budget vertices) for the residual or runs bootstrap."""
+    sigma = noise.sigma_draws(n_boot, rng) if method == "residual" else None
+    for pr in profiles:
+        if not np.isfinite(pr.coef_N).all() or not np.isfinite(pr.coef_D).all():
+            pr.draws = {k: np.full(n_boot, np.nan) for k in ("logN", "logD", "L")}
+        elif method == "residual":
+            pr.draws = _residual_draws(pr, sigma, rng)
+        else:
+            pr.draws = _runs_draws(pr, n_boot, rng)
+
+
+def _excess_variance(resid: np.ndarray, dof: int, draws: np.ndarray) -> float:
+    """Variance of the residuals about a law beyond what the optima's own draws explain (0 when dof < 1)."""
+    if dof < 1:
+        return 0.0
+    resid_var = float(np.sum(resid ** 2) / dof)
+    with np.errstate(invalid="ignore"):
+        noise_var = float(np.nanmean(np.nanvar(draws, axis=0))) if draws.size else 0.0
+    return max(0.0, resid_var - (noise_var if math.isfinite(noise_var) else 0.0))
+
+
+def _with_model_error(draws: np.ndarray, extra_var: float, rng: np.random.Generator) -> np.ndarray:
+    """Draws with independent model-error noise of variance extra_var added to every budget's optimum."""
+    if extra_var <= 0:
+        return draws
+    return draws + math.sqrt(extra_var) * rng.standard_normal(draws.shape)
+
+
+def _line_law(logC: np.ndarray, est: np.ndarray, draws: np.ndarray | None, logC_draws: np.ndarray | None,
+              method: str, reason: str, name: str, y_name: str) -> PowerLawFit:
+    """A power law in C through the budgets' optima (log10 values); its draws refit the line on each row of draws
+    (n_boot x n_used, log10; a row with a failed budget fails), at logC_draws when budgets were resampled."""
+    i0, s0 = weighted_line(logC, est, np.ones(est.size))
+    C = 10 ** logC
+    law_draws = None
+    if draws is not None and not reason:
+        ok = np.isfinite(draws).all(axis=1)
+        x = logC if logC_draws is None else logC_draws
+        bi, bs = weighted_line(x, np.where(ok[:, None], draws, 0.0), np.ones_like(draws))
+        law_draws = {"coef": np.where(ok, 10 ** bi, np.nan), "exponent": np.where(ok, bs, np.nan)}
+    return power_law_result(C, 10 ** est, float(10 ** i0), float(s0), draws=law_draws, name=name,
+                            x_name="C [FLOPs]", y_name=y_name, method=method,
+                            undetermined_reason="" if law_draws is not None else
+                            (reason or "no bootstrap draws requested"))
+
+
+def _frontier(logC: np.ndarray, L: np.ndarray, L_draws: np.ndarray | None, method: str, reason: str,
+              rng: np.random.Generator) -> tuple[SaturatingFit, float]:
+    """L(C) = E + A·C^-gamma through the used budgets' optimal losses, each draw refitted on that draw's optima (with
+    the model-error term when the optima scatter about the curve more than their draws explain); and that term."""
+    theta = saturating_batch(logC, L[None, :])[0]
+    params = {"E": float(theta[0]), "A": float(theta[1]), "gamma": float(theta[2])}
+    resid = np.log(L) - np.log(params["E"] + params["A"] * (10 ** logC) ** -params["gamma"])
+    diagnostics = {"n_points": int(L.size), "rmse_log": float(np.sqrt(np.mean(resid ** 2))),
+                   "C_min": float(10 ** logC.min()), "C_max": float(10 ** logC.max()),
+                   "E_at_bound": bool(theta[0] <= 1e-9 * L.min())}
+    extra = 0.0
+    if L_draws is None or reason:
+        why = reason or "no bootstrap draws requested"
+        intervals = {k: Interval.undetermined(why, method=method) for k in params}
+        return SaturatingFit(params=params, intervals=intervals, diagnostics=diagnostics,
+                             name="loss frontier (isoFLOP optima)"), extra
+    with np.errstate(invalid="ignore", divide="ignore"):
+        log_draws = np.log(L_draws)
+    extra = _excess_variance(resid, L.size - 3, log_draws)
+    log_draws = _with_model_error(log_draws, extra, rng)
+    t = saturating_batch(logC, np.exp(log_draws))
+    ok = np.isfinite(t).all(axis=1)
+    draws = {k: np.where(ok, t[:, j], np.nan) for j, k in enumerate(("E", "A", "gamma"))}
+    intervals = {k: interval_from_draws(v, method=method) for k, v in draws.items()}
+    unreliable = unreliable_reasons(params, intervals, exponents={"gamma": LOSS_EXPONENT})
+    return SaturatingFit(params=params, intervals=intervals, draws=draws, diagnostics=diagnostics,
+                         unreliable=unreliable, name="loss frontier (isoFLOP optima)"), math.sqrt(extra)
+
+
+def _budget_table(profiles: list[BudgetProfile], method: str, reason: str) -> pd.DataFrame:
     rows = []
     for pr in profiles:
-        row = {"budget": pr.budget}
-        for key, boot, scale in (("N_opt", pr.boot_logN, True), ("D_opt", pr.boot_logD, True),
-                                 ("L_opt", pr.boot_L, False)):
-            est = {"N_opt": pr.logN, "D_opt": pr.logD, "L_opt": pr.L}[key]
-            lo, hi = percentile_interval(boot)
-            row[key] = 10 ** est if scale else est
-            row[f"{key}_lo"], row[f"{key}_hi"] = (10 ** lo, 10 ** hi) if scale else (lo, hi)
-        row.update(n_points=pr.n_points, n_fit=pr.n_fit, flags=list(pr.flags), used=not pr.flags,
-                   best_N=pr.best_N, best_loss=pr.best_loss, parabola_N=pr.parabola_N, parabola_D=pr.parabola_D,
-                   N_fit_min=pr.fit_range_N[0], N_fit_max=pr.fit_range_N[1],
-                   D_fit_min=pr.fit_range_D[0], D_fit_max=pr.fit_range_D[1])
+        xv, yv = pr.vertex_N if np.isfinite(pr.coef_N).all() else (math.nan, math.nan)
+        dv = pr.vertex_D if np.isfinite(pr.coef_D).all() else math.nan
+        best = int(np.argmin(pr.loss))
+        fitted = pr.fitted()
+        row = {"budget": pr.budget, "N_opt": 10 ** xv, "D_opt": 10 ** dv, "L_opt": yv}
+        for key, draws, to_lin in (("N_opt", pr.draws.get("logN"), True), ("D_opt", pr.draws.get("logD"), True),
+                                   ("L_opt", pr.draws.get("L"), False)):
+            iv = (Interval.undetermined(reason or "no per-budget draws with this bootstrap", method=method)
+                  if draws is None or reason else interval_from_draws(draws, method=method))
+            lo, hi = (10 ** iv.lo, 10 ** iv.hi) if to_lin else (iv.lo, iv.hi)
+            row.update({f"{key}_lo": lo, f"{key}_hi": hi, f"{key}_reason": iv.reason})
+        row.update(n_ok=int(np.isfinite(pr.draws["logN"]).sum()) if pr.draws else 0,
+                   n_total=int(pr.draws["logN"].size) if pr.draws else 0,
+                   n_points=int(pr.logN.size), n_fit=int(pr.fit.sum()), n_runs=int(pr.weight.sum()),
+                   flags=list(pr.flags), used=pr.used, best_N=float(10 ** pr.logN[best]),
+                   best_loss=float(pr.loss[best]),
+                   parabola_N=uncentered(pr.coef_N, pr.center_N) if np.isfinite(pr.coef_N).all() else [math.nan] * 3,
+                   parabola_D=uncentered(pr.coef_D, pr.center_D) if np.isfinite(pr.coef_D).all() else [math.nan] * 3,
+                   N_fit_min=float(10 ** fitted[0].min()), N_fit_max=float(10 ** fitted[0].max()),
+                   D_fit_min=float(10 ** fitted[1].min()), D_fit_max=float(10 ** fitted[1].max()))
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def fit_isoflop(df: pd.DataFrame, *, window: float | None = None, n_boot: int = 1000, seed: int = 0,
-                k: float | None = None, bootstrap: str = "runs", min_points_per_side: int = 1) -> IsoflopFit:
-    """Approach 2: parabola per budget, then N_opt(C), D_opt(C), L_opt(C) power laws across usable budgets.
+                k: float | None = None, bootstrap: str = "auto", min_points_per_side: int = 1) -> IsoflopFit:
+    """Approach 2: parabola per budget, then N_opt(C), D_opt(C), L_opt(C) power laws across usable budgets, and the
+    loss frontier L = E + A·C^-gamma through their optimal losses (>= 3 usable budgets).
 
     df: runs with N [params], D [tokens], loss and a `budget` column (else C, else k·N·D with k = 6, grouped
-    within 5%). window: keep points within this many decades of N from the lowest-loss run (None = all).
-    Flags per budget: edge_minimum (lowest loss at the smallest/largest N of the grid, or vertex outside the
-    fitted range), too_few_points (< 3 points, or < min_points_per_side on a side of the vertex), not_convex.
-    Only unflagged budgets enter the laws; at least 2 are needed.
+    within 5%). Runs that differ only in seed are averaged (analysis.noise). window: keep points within this many
+    decades of N of the budget's optimum (None = all). bootstrap: "auto" (residual when the noise sigma is known,
+    else runs, else budgets), "residual", "runs" or "budgets"; an interval that cannot be honestly computed is
+    undetermined with the reason. Flags per budget, from the fitted vertex and the grid: edge_minimum (vertex not
+    inside the grid by EDGE_TOLERANCE of a spacing), too_few_points (< 3 distinct N, or < min_points_per_side on a
+    side of the vertex), not_convex. A flagged budget is reported but does not enter the laws; 2 are needed.
     """
     require_columns(df, ["N", "D", "loss"], "isoflop")
-    if bootstrap not in ("runs", "budgets"):
-        raise ConfigError("bootstrap", '"runs" or "budgets"', bootstrap)
+    if bootstrap not in BOOTSTRAPS:
+        raise ConfigError("bootstrap", f"one of {BOOTSTRAPS}", bootstrap)
     if window is not None and not window > 0:
         raise ConfigError("window", "a positive distance in decades of N, or None for all points", window)
+    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 0:
+        raise ConfigError("n_boot", "a non-negative number of bootstrap draws", n_boot)
+    k_value = 6.0 if k is None else float(k)
     df = df.copy(deep=False)
     df.attrs = {}
     if "C" not in df.columns and "budget" not in df.columns:
-        df["C"] = (6.0 if k is None else float(k)) * df["N"] * df["D"]
-    budget = budgets_of(df, need=2, what="isoFLOP profiles (one parabola per budget)")
-    logN = np.log10(df["N"].to_numpy(float))
-    logD = np.log10(df["D"].to_numpy(float))
-    loss = df["loss"].to_numpy(float)
-    # Per-budget spread always comes from resampling runs inside each budget.
-    counts = bootstrap_counts(len(df), n_boot, seed, strata=budget)
-    levels = np.unique(budget)
-    profiles = [_profile(float(c), logN[budget == c], logD[budget == c], loss[budget == c],
-                         counts[:, budget == c], window, min_points_per_side) for c in levels]
-    table = _budget_table(profiles)
-    used = [pr for pr in profiles if not pr.flags]
+        df["C"] = k_value * df["N"] * df["D"]
+    df["budget"] = budgets_of(df, need=2, what="isoFLOP profiles (one parabola per budget)")
+    points, replicate_noise = collapse_replicates(df)
+    profiles = _profiles(points, points["budget"].to_numpy(float), window, min_points_per_side)
+    used = [pr for pr in profiles if pr.used]
     if len(used) < 2:
         flagged = {f"{pr.budget:.3g}": pr.flags for pr in profiles if pr.flags}
         raise ConfigError("isoflop budgets", "at least 2 budgets whose loss minimum is interior and convex "
                           "(widen or re-centre the grids of the flagged budgets)", flagged)
-    C = np.array([pr.budget for pr in used])
-    est = {"N": np.array([pr.logN for pr in used]), "D": np.array([pr.logD for pr in used]),
-           "L": np.log10([pr.L for pr in used])}
-    if bootstrap == "runs":
-        boot = {"N": np.stack([pr.boot_logN for pr in used], 1), "D": np.stack([pr.boot_logD for pr in used], 1),
-                "L": np.log10(np.stack([pr.boot_L for pr in used], 1))}
-        wb = np.ones((n_boot, len(used)))
-    else:
-        boot = {key: np.broadcast_to(v, (n_boot, len(used))) for key, v in est.items()}
-        wb = bootstrap_counts(len(used), n_boot, seed + 1).astype(float)
-    laws, samples = {}, []
+    noise = _noise(profiles, replicate_noise)
+    method, reason = _choose_bootstrap(bootstrap, noise, used)
+    if n_boot == 0:
+        reason = "no bootstrap draws requested (n_boot = 0)"
+    label = f"bootstrap:{method}"
+    rng = np.random.default_rng(seed)
+    logC = np.log10([pr.budget for pr in used])
+    L_est = np.array([pr.vertex_N[1] for pr in used])
+    est = {"N": np.array([pr.vertex_N[0] for pr in used]), "D": np.array([pr.vertex_D for pr in used]),
+           "L": np.log10(L_est)}
+    boot: dict = {key: None for key in est}
+    logC_draws = None
+    model_error = {}
+    if not reason and method in ("residual", "runs"):
+        _budget_draws(profiles, method, noise, n_boot, rng)
+        boot = {"N": np.stack([pr.draws["logN"] for pr in used], 1), "D": np.stack([pr.draws["logD"] for pr in used], 1)}
+        with np.errstate(invalid="ignore", divide="ignore"):
+            boot["L"] = np.log10(np.stack([pr.draws["L"] for pr in used], 1))
+        for key in ("N", "D", "L"):
+            i0, s0 = weighted_line(logC, est[key], np.ones(logC.size))
+            extra = _excess_variance(est[key] - i0 - s0 * logC, logC.size - 2, boot[key])
+            model_error[key] = math.sqrt(extra)
+            boot[key] = _with_model_error(boot[key], extra, rng)
+    elif not reason and method == "budgets":
+        picks = rng.integers(0, len(used), size=(n_boot, len(used)))
+        distinct = (np.diff(np.sort(picks, axis=1), axis=1) > 0).sum(1) + 1
+        logC_draws = logC[picks]
+        boot = {key: np.where(distinct[:, None] >= 2, v[picks], np.nan) for key, v in est.items()}
     labels = {"N": ("N_opt(C)", "N_opt [params]"), "D": ("D_opt(C)", "D_opt [tokens]"), "L": ("L_opt(C)", "L_opt")}
-    for key in ("N", "D", "L"):
-        i0, s0 = weighted_line(np.log10(C), est[key], np.ones(len(used)))
-        bi, bs = weighted_line(np.log10(C), boot[key], wb) if n_boot else (np.empty(0), np.empty(0))
-        law_samples = np.column_stack([10 ** bi, bs]) if n_boot else None
-        laws[key] = power_law_result(C, 10 ** est[key], float(10 ** i0), float(s0), law_samples,
-                                     name=labels[key][0], x_name="C [FLOPs]", y_name=labels[key][1],
-                                     bootstrap=bootstrap)
-        samples.append(law_samples)
-    params = {"a": laws["N"].params["exponent"], "b": laws["D"].params["exponent"],
-              "N_coef": laws["N"].params["coef"], "D_coef": laws["D"].params["coef"],
-              "L_coef": laws["L"].params["coef"], "L_exponent": laws["L"].params["exponent"]}
-    all_samples = None
-    if n_boot:
-        all_samples = np.column_stack([samples[0][:, 1], samples[1][:, 1], samples[0][:, 0], samples[1][:, 0],
-                                       samples[2][:, 0], samples[2][:, 1]])
-    intervals, stderr = samples_summary(all_samples, list(params))
+    laws = {key: _line_law(logC, est[key], boot[key], logC_draws, label, reason, *labels[key]) for key in est}
+    frontier = None
+    if len(used) >= 3:
+        frontier_reason = reason or ("" if method != "budgets" else "the frontier's draws need the residual or "
+                                     "runs bootstrap")
+        L_draws = None if boot["L"] is None or method == "budgets" else 10 ** boot["L"]
+        frontier, model_error["L_frontier"] = _frontier(logC, L_est, L_draws, label, frontier_reason, rng)
+    fields = allocation_fields(laws["N"], laws["D"], laws["L"])
+    unreliable = fields.pop("unreliable")
+    for pr in profiles:
+        if pr.flags:
+            unreliable[f"budget {pr.budget:.4g}"] = "flagged " + ", ".join(pr.flags) + "; not used in the laws"
     diagnostics = {"n_budgets": len(profiles), "n_used": len(used), "n_runs": len(df),
+                   "n_points": len(points),
                    "window": "all points" if window is None else f"{window} decades of N",
-                   "bootstrap": bootstrap, "min_points_per_side": min_points_per_side,
-                   "flagged": {f"{pr.budget:.4g}": pr.flags for pr in profiles if pr.flags},
-                   "k": 6.0 if k is None else float(k)}
-    if n_boot:
-        diagnostics["boot_failed"] = int((~np.isfinite(all_samples).all(axis=1)).sum())
-    return IsoflopFit(params=params, intervals=intervals, stderr=stderr, n_boot=n_boot if n_boot else 0,
-                      diagnostics=diagnostics, name="isoFLOP (approach 2)", budgets=table,
-                      N_opt=laws["N"], D_opt=laws["D"], L_opt=laws["L"], samples=all_samples)
+                   "bootstrap": label, "min_points_per_side": min_points_per_side,
+                   "flagged": {f"{pr.budget:.4g}": pr.flags for pr in profiles if pr.flags}, "k": k_value,
+                   "model_error_log10": model_error}
+    if not noise.determined:
+        diagnostics["noise"] = noise.reason
+    if reason:
+        diagnostics["bootstrap_reason"] = reason
+    if fields["draws"]:
+        ok = np.isfinite(np.column_stack(list(fields["draws"].values()))).all(axis=1)
+        diagnostics["n_ok"], diagnostics["n_total"] = int(ok.sum()), int(ok.size)
+    return IsoflopFit(**fields, unreliable=unreliable, diagnostics=diagnostics, noise=noise.to_dict(),
+                      name="isoFLOP (approach 2)", budgets=_budget_table(profiles, label, reason),
+                      L_frontier=frontier)
+
+
+# ---------------------------------------------------------------- the loss frontier L(C) = E + A C^-gamma
+
+
+def saturating_batch(logC: np.ndarray, L: np.ndarray, n_grid: int = 64, n_refine: int = 2) -> np.ndarray:
+    """(E, A, gamma) of L ≈ E + A·C^-gamma per row of L (B x n), least squares on ln L, 0 <= E < min L.
+
+    Variable projection: for a fixed E, ln(L - E) is a line in ln C, so A and gamma are closed-form; E is searched
+    on a grid in [0, min L) and the grid is refined `n_refine` times around the best value. NaN rows stay NaN.
+    logC: log10 C (n,).
+    """
+    L = np.atleast_2d(np.asarray(L, float))
+    lc = np.asarray(logC, float) * math.log(10)
+    lc = lc - lc.mean()
+    ly = np.log(L)
+    Lmin = L.min(axis=1)
+    lo, hi = np.zeros(len(L)), np.ones(len(L))  # E as a fraction of min L
+    frac = 1 - np.geomspace(1, 1e-4, n_grid)  # dense near min L
+    best_E = np.full(len(L), np.nan)
+    for _ in range(n_refine + 1):
+        f = lo[:, None] + (hi - lo)[:, None] * frac[None, :]  # (B, G)
+        E = Lmin[:, None] * f
+        with np.errstate(invalid="ignore", divide="ignore"):
+            z = np.log(L[:, None, :] - E[..., None])  # (B, G, n)
+            la, slope = weighted_line(lc[None, None, :], z, np.ones_like(z))
+            fit = np.log(E[..., None] + np.exp(la[..., None] + slope[..., None] * lc))
+        sse = np.where(np.isfinite(fit).all(-1), ((ly[:, None, :] - fit) ** 2).sum(-1), np.inf)
+        j = np.argmin(sse, axis=1)
+        rows = np.arange(len(L))
+        best_E, best_la, best_slope = E[rows, j], la[rows, j], slope[rows, j]
+        step = np.diff(f, axis=1)
+        left = np.where(j > 0, f[rows, np.maximum(j - 1, 0)], lo)
+        right = np.where(j < n_grid - 1, f[rows, np.minimum(j + 1, n_grid - 1)], hi)
+        lo, hi = left, np.maximum(right, left + 1e-12 * np.maximum(step.max(1), 1e-12))
+        frac = np.linspace(0, 1, n_grid)
+    A = np.exp(best_la - best_slope * 0.0)  # A at the centred ln C; moved back below
+    gamma = -best_slope
+    A = A * np.exp(gamma * np.asarray(logC, float).mean() * math.log(10))
+    out = np.column_stack([best_E, A, gamma])
+    out[~np.isfinite(L).all(axis=1)] = np.nan
+    return out

@@ -1,0 +1,71 @@
+"""Calibration study: do the nominal 95% intervals of approach 2 (and of the LR law) contain the truth 95% of the time?
+
+    python benchmarks/bench_calibration.py [--sweeps 200] [--n-boot 400] [--designs centred,wide-off] [--seed 0]
+
+Each design draws `--sweeps` synthetic sweeps from a known approach-3 surface (Chinchilla's E, A, B, alpha != beta;
+analysis.simulate.Surface) with an LR optimum that drifts with N and D, fits them with analysis.isoflop.fit_isoflop
+(and analysis.hyperparams.fit_hyperparams where the design scans LRs), and prints per quantity: the fraction of
+determined 95% intervals that contain the truth, the median interval width, and how many intervals were
+undetermined or whose fit refused. Truth: a, b of the surface and its compute-optimal N, D, L, lr at 100x the
+largest budget. Target: coverage in [0.90, 0.99] for every quantity in every design.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from analysis.simulate import EXTRAPOLATION, WIDTH_UNITS, SweepDesign, calibration_study
+
+# Designs span the brief: 3-6 budgets over 10-1000x, 3-7 models per budget, grids on and off centre, noise 0.3-1% with
+# 1-3 seeds. Each is a sweep a researcher might actually run.
+DESIGNS = {
+    "centred-5x5": SweepDesign("centred-5x5", n_budgets=5, span=100, n_per_budget=5, half_width=0.5,
+                               max_offset=0.0, noise=0.005, n_seeds=1, n_lr=5),
+    "off-centre-wide-4x7": SweepDesign("off-centre-wide-4x7", n_budgets=4, span=1000, n_per_budget=7,
+                                       half_width=0.8, max_offset=0.3, noise=0.003, n_seeds=1),
+    "small-3x3-3seeds": SweepDesign("small-3x3-3seeds", n_budgets=3, span=10, n_per_budget=3, half_width=0.6,
+                                    max_offset=0.1, noise=0.005, n_seeds=3),
+    "large-6x6-2seeds": SweepDesign("large-6x6-2seeds", n_budgets=6, span=1000, n_per_budget=6, half_width=0.6,
+                                    max_offset=0.25, noise=0.007, n_seeds=2, n_lr=5),
+    "noisy-5x5-off": SweepDesign("noisy-5x5-off", n_budgets=5, span=100, n_per_budget=5, half_width=0.5,
+                                 max_offset=0.25, noise=0.01, n_seeds=1),
+    "very-wide-3x7": SweepDesign("very-wide-3x7", n_budgets=3, span=100, n_per_budget=7, half_width=1.0,
+                                 max_offset=0.4, noise=0.003, n_seeds=1),
+}
+TARGET = (0.90, 0.99)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sweeps", type=int, default=200, help="synthetic sweeps per design (>= 200 for the study)")
+    ap.add_argument("--n-boot", type=int, default=400, help="bootstrap draws per fit")
+    ap.add_argument("--designs", default=",".join(DESIGNS), help=f"comma-separated subset of {list(DESIGNS)}")
+    ap.add_argument("--seed", type=int, default=0, help="study seed (sweep i of a design uses a seed derived from it)")
+    args = ap.parse_args(argv)
+    names = [n for n in args.designs.split(",") if n]
+    unknown = [n for n in names if n not in DESIGNS]
+    if unknown:
+        ap.error(f"unknown designs {unknown}; choose from {list(DESIGNS)}")
+    print(f"calibration: {args.sweeps} sweeps per design, {args.n_boot} draws per fit, truth at "
+          f"{EXTRAPOLATION:g}x the largest budget; target coverage {TARGET[0]:.2f}-{TARGET[1]:.2f}")
+    print(f"{'design':22s} {'quantity':8s} {'coverage':>8s} {'determined':>10s} {'undet.':>6s} {'refused':>7s} "
+          f"{'median width':>13s}  width unit")
+    misses = []
+    for name in names:
+        t0 = time.perf_counter()
+        study = calibration_study(DESIGNS[name], args.sweeps, n_boot=args.n_boot, seed=args.seed)
+        for q, c in study.items():
+            ok = TARGET[0] <= c.coverage <= TARGET[1]
+            if not ok:
+                misses.append(f"{name}/{q}")
+            print(f"{name:22s} {q:8s} {c.coverage:8.3f} {c.n_determined:10d} {c.n_undetermined:6d} {c.n_failed:7d} "
+                  f"{c.median_width:13.4g}  {WIDTH_UNITS[q]}{'' if ok else '   <- outside target'}")
+        print(f"{'':22s} ({time.perf_counter() - t0:.0f} s)")
+    print("all quantities within target" if not misses else f"outside target: {', '.join(misses)}")
+    return 0 if not misses else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
