@@ -25,6 +25,14 @@ Identical runs (the same full run config reached from two budgets or from both g
 its tags and records the other kinds under `tags["also"]`. `run_id` is the first 12 hex digits of the sha256 of the
 canonical JSON (sorted keys, no spaces) of the run's identity: the full resolved RunConfig without `out` and without
 the runtime-only keys (checkpoint cadence), so the same run gets the same id in any process.
+
+The spec is data; this module makes every planning decision: the prior optimum (`n_opt`, with `prior_from_fit` for a
+previous fit.json), the LR and target batch at a budget (`lr_at`, `batch_at`), the shapes, the batch and steps, and
+each run's time limit (`time_limit_min`: the estimated wall time at resources.throughput_flops x TIME_SAFETY, at
+least TIME_FLOOR_MIN minutes; resources.time_min when there is no throughput figure). `plan(spec)` also refuses
+what would fail in every worker (a tokenizer whose extra is not installed) and warns when a run would read its
+corpus more than once (how many epochs); `design(spec)` returns the same findings in `Plan.problems` /
+`Plan.warnings` without raising, for `sweep plan` to print.
 """
 
 from __future__ import annotations
@@ -35,16 +43,26 @@ import hashlib
 import heapq
 import json
 import math
+import os
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from scaling.accounting import all_flops_per_token, count_params, flops_per_token
 from scaling.config import ModelConfig
 from scaling.errors import ConfigError
-from sweeps.spec import SweepSpec, match_budget
+from scaling.jsonio import TornFileError, read_json
+from scaling.ladder import shape_for_params
+from scaling.runconfig import RunConfig
+from scaling.tokenizers import check_tokenizer
+from sweeps.spec import SweepSpec, TrainSpec, match_budget
 
 GAP_SHIFT = 0.15  # a size target in a gap of the shape ladder may move this far (relative) to a buildable size
+DEFAULT_BATCH = 16  # target sequences per step when the spec sets no batch key
+TIME_SAFETY = 2.0  # a run's time limit is this x its estimated wall time (evals, checkpoints, slow nodes) ...
+TIME_FLOOR_MIN = 15  # ... and at least this many minutes (start-up, data preparation, compile)
 
 
 @dataclass
@@ -67,6 +85,8 @@ class PlannedRun:
     prior_N_opt: float  # the prior's compute-optimal N at this budget (where the grid is centred)
     tags: dict  # {"kind": "isoflop" | "hparam", "seed": s}, plus "also": [kinds] for merged duplicates
     parent: dict | None = None  # reserved for branching: {"run_id": ..., "step": ...} to start from its checkpoint
+    time_min: int | None = None  # wall-clock limit of one attempt in minutes (see time_limit_min); None: not planned
+    spec_version: int = 1  # which version of the sweep's spec added this run (set by sweeps.store)
 
     @property
     def flops_error(self) -> float:
@@ -96,14 +116,22 @@ class DroppedRun:
 class Plan:
     runs: list[PlannedRun]
     dropped: list[DroppedRun] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # e.g. runs that repeat their corpus, with the epochs
+    problems: list[ConfigError] = field(default_factory=list)  # what would fail in every worker (missing extras)
 
 
 def plan(spec: SweepSpec) -> list[PlannedRun]:
-    """The runs of the sweep, in order of budget then size; dropped runs are reported with `warnings.warn`."""
+    """The runs of the sweep, in order of budget then size; dropped runs and Plan.warnings go to `warnings.warn`.
+
+    Raises the first of Plan.problems (e.g. tokenizer 'bpe' without the `tokenizers` package) as a ConfigError."""
     result = design(spec)
+    if result.problems:
+        raise result.problems[0]
     for d in result.dropped:
         warnings.warn(f"dropped {d.kind} run at budget {d.budget:.3g} FLOPs, N={d.N:,} ({d.shape}): {d.reason}",
                       stacklevel=2)
+    for message in result.warnings:
+        warnings.warn(message, stacklevel=2)
     return result.runs
 
 
@@ -111,11 +139,12 @@ def design(spec: SweepSpec) -> Plan:
     """The runs and the dropped runs of the sweep (see the module docstring for the rules)."""
     runs: list[PlannedRun] = []
     dropped: list[DroppedRun] = []
+    prior = prior_law(spec)
     for budget in spec.budgets.resolved():
-        n_opt = spec.grid.n_opt(budget)
+        n_opt = prior(budget)
         models = place_models(spec, budget, n_opt)
         check_one_step(spec, budget, models[0])
-        points = [(cfg, spec.train.lr_at(budget), spec.train.batch_at(budget, spec.model.seq_len), "isoflop")
+        points = [(cfg, lr_at(spec.train, budget), batch_at(spec.train, budget, spec.model.seq_len), "isoflop")
                   for cfg in models]
         points += hparam_points(spec, budget, n_opt, models)
         n_isoflop = 0
@@ -130,7 +159,133 @@ def design(spec: SweepSpec) -> Plan:
         if n_isoflop == 0:
             raise ConfigError(_budget_field(spec), f"budgets where some model reaches grid.min_steps "
                               f"({spec.grid.min_steps}); every model at this budget was dropped", budget)
-    return Plan(dedup(runs), dropped)
+    runs = dedup(runs)
+    return Plan(runs, dropped, warnings=corpus_warnings(spec, runs), problems=missing_extras(spec))
+
+
+# ------------------------------------------------------------------------------------------------ decisions
+
+
+def prior_from_fit(path: str | os.PathLike) -> tuple[float, float]:
+    """(coef, exponent) of the compute-optimal size law N_opt = coef * C^exponent in a fit.json from `scaling fit`.
+
+    Reads the documented member `isoflop.N_opt` (a power law in C): its `params` {coef, exponent} (fit.json schema
+    2), or the same keys on the law itself (schema 1). ConfigError naming grid.prior_fit when the file has no such
+    law, or when it is not a positive coefficient with an exponent in (0, 1).
+    """
+    try:
+        fit = read_json(path)
+    except (TornFileError, FileNotFoundError) as e:
+        raise ConfigError("grid.prior_fit", "a complete JSON file written by `scaling fit`", f"{path}: {e}") from None
+    law = fit.get("isoflop", {}).get("N_opt") if isinstance(fit, dict) else None
+    params = law.get("params", law) if isinstance(law, dict) else None
+    coef = params.get("coef") if isinstance(params, dict) else None
+    exponent = params.get("exponent") if isinstance(params, dict) else None
+    ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (coef, exponent))
+    if not ok or coef <= 0 or not 0 < exponent < 1:
+        raise ConfigError("grid.prior_fit", "a fit.json with isoflop.N_opt coef > 0 and exponent in (0, 1)",
+                          f"{path}: coef={coef!r}, exponent={exponent!r}")
+    return float(coef), float(exponent)
+
+
+def prior_law(spec: SweepSpec) -> Callable[[float], float]:
+    """The prior compute-optimal params as a function of the budget (FLOPs), counted as the budget convention
+    counts them: grid.prior_fit's law, grid.prior_coef * C^prior_exponent, or C = 6 N D with D = tokens_per_param N."""
+    g = spec.grid
+    if g.prior_fit is not None:
+        coef, exponent = prior_from_fit(g.prior_fit)
+    elif g.prior_coef is not None:
+        coef, exponent = g.prior_coef, g.prior_exponent
+    else:
+        return lambda budget: math.sqrt(budget / (6.0 * g.tokens_per_param))
+    return lambda budget: coef * budget**exponent
+
+
+def n_opt(spec: SweepSpec, budget: float) -> float:
+    """The prior compute-optimal params at `budget` FLOPs (see prior_law)."""
+    return prior_law(spec)(budget)
+
+
+def lr_at(train: TrainSpec, budget: float) -> float:
+    """Peak LR at `budget` FLOPs: train.lr_rule coef * C^exponent, else train.lr."""
+    if train.lr_rule is not None:
+        return train.lr_rule["coef"] * budget ** train.lr_rule["exponent"]
+    return train.lr
+
+
+def batch_at(train: TrainSpec, budget: float, seq_len: int) -> float:
+    """Target batch in sequences at `budget` (a real number; the planner searches integers near it)."""
+    if train.batch_rule is not None:
+        return train.batch_rule["coef"] * budget ** train.batch_rule["exponent"] / seq_len
+    if train.batch_tokens is not None:
+        return train.batch_tokens / seq_len
+    return float(train.batch_size if train.batch_size is not None else DEFAULT_BATCH)
+
+
+def time_limit_min(flops: float, throughput_flops: float | None, fallback_min: int) -> int:
+    """Minutes one attempt may run: TIME_SAFETY x the estimated wall time (flops / throughput), at least
+    TIME_FLOOR_MIN; `fallback_min` (resources.time_min) when there is no throughput figure."""
+    if throughput_flops is None:
+        return fallback_min
+    return max(TIME_FLOOR_MIN, math.ceil(TIME_SAFETY * flops / throughput_flops / 60))
+
+
+def missing_extras(spec: SweepSpec) -> list[ConfigError]:
+    """What every worker would fail on: the tokenizer's optional package not installed (e.g. bpe: `tokenizers`).
+
+    A nanoGPT-style corpus (train.bin / val.bin) is already tokenized and needs no tokenizer package."""
+    from scaling.data import is_nanogpt_dir  # torch: imported only when a sweep is planned
+
+    if is_nanogpt_dir(Path(spec.data.corpus).expanduser()):
+        return []
+    try:
+        check_tokenizer(spec.data.tokenizer, spec.data.vocab_size)
+    except ConfigError as e:
+        return [e]
+    return []
+
+
+def corpus_train_tokens(spec: SweepSpec) -> tuple[float, str] | None:
+    """(training tokens of the corpus, how that is known), or None when it cannot be known without preparing it.
+
+    nanoGPT folders: train.bin / 2 bytes, exactly. Text (stdlib, a file, a folder): its bytes, which is the token
+    count for `bytes` (less the ~1% held out) and an upper bound for byte-level BPE (a merge never adds tokens)."""
+    from scaling import data  # torch: imported only when a sweep is planned
+
+    corpus = spec.data.corpus
+    path = Path(corpus).expanduser()
+    if data.is_nanogpt_dir(path):
+        return (path / "train.bin").stat().st_size / 2, "exactly"
+    if corpus == "stdlib":
+        root = data.stdlib_dir()
+        files = [root / name for name in data.stdlib_files(root)]
+    elif path.is_file():
+        files = [path]
+    elif path.is_dir():
+        files = [path / name for name in data.text_files(path)]
+    else:
+        return None
+    size = sum(f.stat().st_size for f in files) * (1 - data.VAL_FRACTION)
+    return size, ("about" if spec.data.tokenizer == "bytes" else "at most")
+
+
+def corpus_warnings(spec: SweepSpec, runs: list[PlannedRun]) -> list[str]:
+    """One warning naming how many runs read more tokens than the corpus holds, and the most epochs any run does."""
+    known = corpus_train_tokens(spec)
+    if known is None or not runs:
+        return []
+    tokens, how = known
+    repeating = [r for r in runs if r.D > tokens]
+    if not repeating:
+        return []
+    worst = max(repeating, key=lambda r: r.D)
+    epochs = worst.D / tokens
+    bound = "at least " if how == "at most" else ""
+    message = (f"{len(repeating)} of {len(runs)} runs repeat their corpus ({spec.data.corpus}: {how} {tokens:.3g} "
+               f"training tokens); the largest, {worst.run_id} (budget {worst.budget:.3g} FLOPs, D = {worst.D:.3g} "
+               f"tokens), reads it {bound}{epochs:.1f} times (epochs): repeated data lowers the loss less than fresh "
+               "data does")
+    return [message]
 
 
 def dedup(runs: list[PlannedRun]) -> list[PlannedRun]:
@@ -149,9 +304,6 @@ def dedup(runs: list[PlannedRun]) -> list[PlannedRun]:
 
 def place_models(spec: SweepSpec, budget: float, n_opt: float) -> list[ModelConfig]:
     """Real shapes for the size targets at `budget`, distinct, smallest first."""
-    from scaling.accounting import count_params
-    from scaling.ladder import shape_for_params
-
     g = spec.grid
     if g.sizes is not None:
         targets, where = [float(n) for n in g.sizes], "grid.sizes"
@@ -214,15 +366,13 @@ def _first_buildable(build, targets, taken=()) -> ModelConfig | None:
 
 def hparam_points(spec: SweepSpec, budget: float, n_opt: float, models: list[ModelConfig]) -> list[tuple]:
     """(cfg, lr, target batch in sequences, "hparam") for the LR x batch grid at this budget, if it has one."""
-    from scaling.accounting import count_params
-
     h = spec.hparams
     if h is None or (h.budgets is not None and match_budget(budget, [float(b) for b in h.budgets]) is None):
         return []
     if h.models == "optimum":
         count = spec.budgets.param_count
         models = [min(models, key=lambda c: abs(math.log(count_params(c)[count] / n_opt)))]
-    lr0, b0 = spec.train.lr_at(budget), spec.train.batch_at(budget, spec.model.seq_len)
+    lr0, b0 = lr_at(spec.train, budget), batch_at(spec.train, budget, spec.model.seq_len)
     lrs = h.lr or [lr0 * f for f in (h.lr_factors or [1.0])]
     batches = [float(b) for b in h.batch_size] if h.batch_size else [b0 * f for f in (h.batch_factors or [1.0])]
     return [(cfg, lr, b, "hparam") for cfg in models for lr in lrs for b in batches]
@@ -269,10 +419,8 @@ def batch_bounds(target_batch: float, batch_range: float, multiple: int = 1) -> 
 
 def check_one_step(spec: SweepSpec, budget: float, smallest: ModelConfig) -> None:
     """ConfigError naming the budget and model when one step of the smallest model at the smallest batch exceeds it."""
-    from scaling.accounting import count_params, flops_per_token
-
     multiple = _micro_batch(spec)
-    lo, _ = batch_bounds(spec.train.batch_at(budget, spec.model.seq_len), spec.grid.batch_range, multiple)
+    lo, _ = batch_bounds(batch_at(spec.train, budget, spec.model.seq_len), spec.grid.batch_range, multiple)
     one_step = flops_per_token(smallest, spec.budgets.convention) * lo * smallest.seq_len
     if one_step > budget * (1 + spec.grid.tolerance):
         n = count_params(smallest)["non_embedding"]
@@ -286,8 +434,6 @@ def make_run(
     seed: int,
 ) -> PlannedRun | DroppedRun:
     """One planned run, or a DroppedRun saying why no batch x steps pair fits."""
-    from scaling.accounting import all_flops_per_token, count_params
-
     convention = spec.budgets.convention
     per_token = all_flops_per_token(cfg)
     counts = count_params(cfg)
@@ -307,19 +453,20 @@ def make_run(
         D=tokens, tokens_per_param=tokens / counts[spec.budgets.param_count], batch_size=batch,
         batch_tokens=batch * cfg.seq_len, lr=lr, steps=steps, flops=per_token[convention] * tokens,
         flop_convention=convention, flops_per_token=per_token, prior_N_opt=n_opt, tags={"kind": kind, "seed": seed},
+        time_min=time_limit_min(per_token[convention] * tokens, spec.resources.throughput_flops,
+                                spec.resources.time_min),
     )
 
 
 def run_config(spec: SweepSpec, cfg: ModelConfig, *, lr: float, batch: int, steps: int, seed: int, every: int) -> dict:
     """The full resolved RunConfig dict (without `out`) the trainer will run, validated by its own loader."""
-    from scaling.runconfig import RunConfig
-
     data = {"corpus": spec.data.corpus, "tokenizer": spec.data.tokenizer}
     if spec.data.vocab_size is not None:
         data["vocab_size"] = spec.data.vocab_size
     train = {**spec.train.passthrough, "steps": steps, "lr": lr, "batch_size": batch, "seed": seed,
              "flop_convention": spec.budgets.convention}
-    partial = {"model": cfg.to_dict(), "train": train, "data": data, "eval": {"every": every, "tokens": spec.eval.tokens}}
+    partial = {"model": cfg.to_dict(), "train": train, "data": data, "eval": {"every": every, "tokens": spec.eval.tokens},
+               **({"tracking": spec.tracking} if spec.tracking else {})}
     full = RunConfig.from_dict(partial).to_dict()
     full.pop("out")
     return full
@@ -327,8 +474,6 @@ def run_config(spec: SweepSpec, cfg: ModelConfig, *, lr: float, batch: int, step
 
 def run_id_for(config: dict) -> str:
     """First 12 hex digits of sha256 over the canonical JSON of the run's identity (see the module docstring)."""
-    from scaling.runconfig import RunConfig
-
     identity = RunConfig.from_dict(config).identity()
     canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]

@@ -20,34 +20,56 @@ A spec has these sections (every key is optional unless said; see `sweeps/preset
     [hparams]    optional LR x batch grid: lr | lr_factors, batch_size | batch_factors, budgets (default all),
                  models = "optimum" (only the model nearest the predicted N_opt) | "all"
     [eval]       every (steps) | evals_per_run (default 10), tokens
-    [resources]  per run: gpus, cpus, mem_gb, time_min; throughput_flops (FLOP/s per run, for wall-time estimates)
+    [tracking]   optional TensorBoard / W&B logging of every run: the trainer's [tracking] table (scaling.tracking),
+                 passed to each run as is (not part of a run's identity)
+    [resources]  per run: gpus, cpus, mem_gb; time_min (the wall-clock limit of an attempt when no estimate exists);
+                 throughput_flops (FLOP/s per run: wall-time estimates, and each run's own time limit, see grid.py)
     [backend.local]  max_concurrent, threads_per_run
-    [backend.slurm]  partition, account, qos, array_parallelism, max_num_timeout (requeues after time-outs, default
-                     3), extra (a table of further sbatch options)
+    [backend.slurm]  partition, account, qos (letters, digits and `_.,:-` only), array_parallelism, max_num_timeout
+                     (requeues after time-outs, default 3), extra: further sbatch options as a list of
+                     "--key=value" (or "--flag") strings, or a table {key = value}; keys match [a-z][a-z0-9-]*,
+                     values use letters, digits and `_.,:@%+=/-` only, so nothing can break out of the sbatch script
 
-`load_spec(path_or_preset, overrides)` reads a file or a preset name (`tiny-cpu`, `gpu-small`) and applies overrides
-like `budgets.values=[1e12,3e12]` (values are TOML). Unknown keys and wrong types raise ConfigError naming the dotted
-field. Checks that need the model ladder (sizes, steps per budget) happen in `sweeps.grid.plan`.
+The spec is data: this module parses and validates it; every planning decision (the prior optimum, the LR and batch
+at a budget, where models go) is made by `sweeps.grid`. `load_spec(path_or_preset, overrides)` reads a file or a
+preset name (`tiny-cpu`, `gpu-small`, `gpu-llama3`) and applies overrides like `budgets.values=[1e12,3e12]` (values
+are TOML). Unknown keys, wrong types, non-finite numbers and non-table sections raise ConfigError naming the dotted
+field. Overriding the budgets keeps only the `hparams.budgets` that are still budgets of the sweep (all of them
+when none is: the LR grid then runs at every budget), with a warning. Checks that need the model ladder (sizes,
+steps per budget) or the machine (installed extras, the corpus size) happen in `sweeps.grid.plan`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
+import itertools
 import os
-import types
-import typing
+import re
+import warnings
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-import tomllib
-
+from scaling.accounting import CONVENTIONS
+from scaling.config import FAMILIES
+from scaling.configfile import (
+    as_table,
+    at_least,
+    build,
+    in_range,
+    non_negative_int,
+    one_of,
+    parse_toml,
+    positive,
+    positive_int,
+    set_dotted,
+    split_override,
+)
 from scaling.errors import ConfigError
+from scaling.runconfig import RunConfig
+from scaling.tokenizers import TOKENIZERS
 
-PRESETS = ("tiny-cpu", "gpu-small")
-FAMILIES = ("gpt2", "llama")
+PRESETS = ("tiny-cpu", "gpu-small", "gpu-llama3")
 HPARAM_MODELS = ("optimum", "all")
 BACKENDS = ("local", "slurm")
 # Keys of [train] that the planner owns: a spec may not pass them through to the trainer.
@@ -63,6 +85,12 @@ ALTERNATIVES = {
     "hparams.batch": (("batch_size",), ("batch_factors",)),
     "eval": (("every",), ("evals_per_run",)),
 }
+BUDGET_MATCH = 0.02  # relative distance within which two budgets are the same budget (hparams.budgets, collapse)
+# What may reach an sbatch script: SLURM names, and `--key=value` options built from strict character sets.
+SLURM_NAME = re.compile(r"[A-Za-z0-9_.,:-]+")
+SBATCH_KEY = re.compile(r"[a-z][a-z0-9-]*")
+SBATCH_VALUE = re.compile(r"[A-Za-z0-9_.,:@%+=/-]+")
+SPEC_META = ("source", "source_text", "overrides")  # SweepSpec fields that record where a spec came from
 
 
 @dataclass
@@ -101,8 +129,6 @@ class BudgetSpec:
         """The budgets in FLOPs, ascending: `values`, or `count` log-spaced from `min` to `max` inclusive."""
         if self.values is not None:
             return sorted(float(v) for v in self.values)
-        if self.count == 1:
-            return [float(self.min)]
         ratio = (self.max / self.min) ** (1.0 / (self.count - 1))
         inner = [float(f"{self.min * ratio**i:.12g}") for i in range(1, self.count - 1)]  # 1e18, not 1.0000000000000001e18
         return [float(self.min), *inner, float(self.max)]
@@ -118,16 +144,11 @@ class GridSpec:
     tokens_per_param: float = 20.0  # Chinchilla prior: D_opt = 20 N_opt, C = 6 N D, so N_opt = sqrt(C / 120)
     prior_coef: float | None = None  # fitted prior N_opt = prior_coef * C^prior_exponent (C in FLOPs)
     prior_exponent: float | None = None
-    prior_fit: str | None = None  # a fit.json whose isoflop.N_opt law is the prior (relative to the spec's folder)
+    prior_fit: str | None = None  # a fit.json whose isoflop.N_opt law is the prior (relative to the spec's folder;
+    # stored resolved to an absolute path; read by sweeps.grid.prior_from_fit)
     min_steps: int = 20  # runs needing fewer optimizer steps are dropped (with a warning)
     batch_range: float = 4.0  # the planner may move the batch size by up to this factor to land on the budget
     tolerance: float = 0.01  # realized FLOPs within this relative error of the budget
-
-    def n_opt(self, budget: float) -> float:
-        """The prior compute-optimal params at `budget` FLOPs (counted as the budget convention counts them)."""
-        if self.prior_coef is not None:
-            return self.prior_coef * budget**self.prior_exponent
-        return math.sqrt(budget / (6.0 * self.tokens_per_param))
 
 
 @dataclass
@@ -139,19 +160,6 @@ class TrainSpec:
     batch_rule: dict | None = None  # {coef, exponent}: tokens = coef * C^exponent (DeepSeek LLM: 0.292, 0.3271)
     seeds: list[int] = field(default_factory=lambda: [0])
     passthrough: dict = field(default_factory=dict)  # every other [train] key, handed to the trainer as is
-
-    def lr_at(self, budget: float) -> float:
-        if self.lr_rule is not None:
-            return self.lr_rule["coef"] * budget ** self.lr_rule["exponent"]
-        return self.lr
-
-    def batch_at(self, budget: float, seq_len: int) -> float:
-        """Target batch size in sequences (a real number; the planner searches integers near it)."""
-        if self.batch_rule is not None:
-            return self.batch_rule["coef"] * budget ** self.batch_rule["exponent"] / seq_len
-        if self.batch_tokens is not None:
-            return self.batch_tokens / seq_len
-        return float(self.batch_size if self.batch_size is not None else 16)
 
 
 @dataclass
@@ -176,7 +184,7 @@ class ResourceSpec:
     gpus: int = 0  # per run
     cpus: int = 1
     mem_gb: float = 4.0
-    time_min: int = 60  # wall-clock limit per attempt
+    time_min: int = 60  # wall-clock limit per attempt when a run has no estimate (no throughput_flops)
     throughput_flops: float | None = None  # FLOP/s one run achieves (budget convention), for wall-time estimates
 
 
@@ -193,7 +201,15 @@ class SlurmSpec:
     qos: str | None = None
     array_parallelism: int = 64  # array tasks running at once
     max_num_timeout: int = 3  # requeues a run gets after hitting its time limit (preemptions do not count)
-    extra: dict = field(default_factory=dict)  # further sbatch options, e.g. {constraint = "h100"}
+    extra: list[str] = field(default_factory=list)  # further sbatch options, e.g. ["--constraint=h100"]
+
+    def extra_parameters(self) -> dict[str, str | bool]:
+        """`extra` as {key: value} (True for a bare `--flag`), the form submitit's additional parameters take."""
+        params: dict[str, str | bool] = {}
+        for option in self.extra:
+            key, _, value = option[2:].partition("=")
+            params[key] = value if value else True
+        return params
 
 
 @dataclass
@@ -215,6 +231,7 @@ class SweepSpec:
     eval: EvalSpec = field(default_factory=EvalSpec)
     resources: ResourceSpec = field(default_factory=ResourceSpec)
     backend: BackendSpec = field(default_factory=BackendSpec)
+    tracking: dict = field(default_factory=dict)  # the trainer's [tracking] table, passed to every run as is
     source: str | None = None  # the file read, or "preset:<name>"
     source_text: str = ""  # the TOML exactly as read (stored verbatim with the results)
     overrides: list[str] = field(default_factory=list)
@@ -233,6 +250,15 @@ class SweepSpec:
         d["budgets"]["resolved"] = self.budgets.resolved()
         return d
 
+    def content(self) -> dict:
+        """What the spec asks for: `to_dict()` without where it came from (source, overrides) or its description.
+
+        Two specs with equal content plan the same sweep; `sweeps.store` compares it to refuse mixing sweeps."""
+        d = self.to_dict()
+        for key in (*SPEC_META, "description"):
+            d.pop(key, None)
+        return d
+
 
 # ------------------------------------------------------------------------------------------------ loading
 
@@ -243,12 +269,11 @@ def load_spec(path_or_name: str | os.PathLike, overrides: list[str] | tuple[str,
     Raises ConfigError naming the dotted field for unknown keys, wrong types and out-of-range values.
     """
     text, source, base_dir = read_spec_text(path_or_name)
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(source, f"valid TOML ({e})") from None
+    raw = parse_toml(text, source)
     for item in overrides:
         apply_override(raw, item)
+    if any(item.split("=", 1)[0].strip().startswith("budgets.") for item in overrides):
+        _rebase_hparam_budgets(raw, overrides)
     spec = spec_from_dict(raw, base_dir=base_dir)
     spec.source, spec.source_text, spec.overrides = source, text, list(overrides)
     return spec
@@ -258,10 +283,13 @@ def read_spec_text(path_or_name: str | os.PathLike) -> tuple[str, str, Path]:
     """(TOML text, source label, folder that relative paths in it are resolved against)."""
     path = Path(path_or_name).expanduser()
     if path.is_file():
-        return path.read_text(), str(path), path.resolve().parent
+        try:
+            return path.read_text(encoding="utf-8"), str(path), path.resolve().parent
+        except UnicodeDecodeError:
+            raise ConfigError(str(path), "a UTF-8 TOML file", "undecodable bytes") from None
     name = str(path_or_name)
     if name in PRESETS:
-        text = resources.files("sweeps").joinpath("presets", f"{name}.toml").read_text()
+        text = resources.files("sweeps").joinpath("presets", f"{name}.toml").read_text(encoding="utf-8")
         return text, f"preset:{name}", Path.cwd()
     raise ConfigError("spec", f"an existing TOML file or a preset name {list(PRESETS)}", name)
 
@@ -272,17 +300,8 @@ def apply_override(raw: dict, item: str) -> None:
     Setting one member of an ALTERNATIVES group removes the other members (e.g. `budgets.values=[...]` drops
     budgets.min/max/count), so an override can switch between forms.
     """
-    from scaling.runconfig import parse_value
-
-    if "=" not in item:
-        raise ConfigError(item, "an override of the form dotted.key=value, e.g. budgets.values=[1e12,3e12]")
-    name, value = item.split("=", 1)
-    keys = name.strip().split(".")
-    table = raw
-    for i, key in enumerate(keys[:-1]):
-        table = table.setdefault(key, {})
-        if not isinstance(table, dict):
-            raise ConfigError(".".join(keys[: i + 1]), "a table of keys", table)
+    keys, value = split_override(item, "dotted.key=value, e.g. budgets.values=[1e12,3e12]")
+    table = set_dotted(raw, keys, value)
     section, leaf = ".".join(keys[:-1]), keys[-1]
     for group_name, group in ALTERNATIVES.items():
         if group_name.split(".")[0] != section:
@@ -293,25 +312,72 @@ def apply_override(raw: dict, item: str) -> None:
                     if other is not members:
                         for key in other:
                             table.pop(key, None)
-    table[leaf] = parse_value(value.strip())
+
+
+def _rebase_hparam_budgets(raw: dict, overrides: list[str] | tuple[str, ...]) -> None:
+    """After the budgets were overridden (and hparams.budgets was not), keep the hparams budgets that are still
+    budgets of the sweep; when none is, drop the key so the LR grid covers every budget. Warns when it changes."""
+    hparams = raw.get("hparams")
+    if not isinstance(hparams, dict) or not isinstance(hparams.get("budgets"), list):
+        return
+    if any(item.split("=", 1)[0].strip() == "hparams.budgets" for item in overrides):
+        return
+    try:
+        budgets = build(BudgetSpec, raw.get("budgets", {}), "budgets")
+        _validate_budgets(budgets)
+    except ConfigError:
+        return  # validation proper reports the bad budgets
+    resolved = budgets.resolved()
+    kept = [b for b in hparams["budgets"] if isinstance(b, (int, float)) and match_budget(b, resolved) is not None]
+    if kept == hparams["budgets"]:
+        return
+    if kept:
+        hparams["budgets"] = kept
+        what = f"the LR x batch grid keeps the budgets {[f'{b:.3g}' for b in kept]}"
+    else:
+        hparams.pop("budgets")
+        what = "none of hparams.budgets is a budget any more: the LR x batch grid runs at every budget"
+    warnings.warn(f"budgets overridden; {what} (set hparams.budgets=[...] to choose)", stacklevel=3)
 
 
 def spec_from_dict(raw: dict, base_dir: Path | None = None) -> SweepSpec:
     """Build and validate a SweepSpec from the parsed TOML dict."""
-    raw = dict(raw)
+    raw = dict(as_table(raw, "spec"))
     if "name" not in raw:
         raise ConfigError("name", "a sweep name (the results folder is results/<name>/)")
-    train_raw = dict(raw.pop("train", {}) or {})
-    if not isinstance(train_raw, dict):
-        raise ConfigError("train", "a table of keys", train_raw)
+    for section in ("data", "model", "budgets", "grid", "eval", "resources", "backend"):
+        if section in raw:
+            as_table(raw[section], section)
+    train_raw = dict(as_table(raw.pop("train", {}), "train"))
     hparams_raw = raw.pop("hparams", None)
+    if hparams_raw is not None:
+        as_table(hparams_raw, "hparams")
+    _normalize_slurm_extra(raw)
     _check_exclusive(raw, train_raw, hparams_raw)
-    spec = _build(SweepSpec, raw, "")
+    spec = build(SweepSpec, raw, "", skip=SPEC_META)
     spec.train = _build_train(train_raw)
-    spec.hparams = None if hparams_raw is None else _build(HparamSpec, hparams_raw, "hparams")
+    spec.hparams = None if hparams_raw is None else build(HparamSpec, hparams_raw, "hparams")
     _resolve_prior_fit(spec.grid, base_dir or Path.cwd())
     validate_spec(spec)
     return spec
+
+
+def _normalize_slurm_extra(raw: dict) -> None:
+    """backend.slurm.extra written as a table {key = value} becomes the list ["--key=value", ...] (true: "--key")."""
+    slurm = as_table(raw.get("backend", {}), "backend").get("slurm")
+    if not isinstance(slurm, dict) or not isinstance(slurm.get("extra"), dict):
+        return
+    options = []
+    for key, value in slurm["extra"].items():
+        name = f"backend.slurm.extra.{key}"
+        if isinstance(value, bool):
+            if value:
+                options.append(f"--{key}")
+            continue
+        if isinstance(value, (dict, list)) or value is None:
+            raise ConfigError(name, "a string, number or boolean sbatch option value", value)
+        options.append(f"--{key}={value}")
+    slurm["extra"] = options
 
 
 def _build_train(train_raw: dict) -> TrainSpec:
@@ -320,7 +386,7 @@ def _build_train(train_raw: dict) -> TrainSpec:
         if key in train_raw:
             why = "budgets.convention" if key == "flop_convention" else "the planner (from the budgets)"
             raise ConfigError(f"train.{key}", f"unset: it is set by {why}", train_raw[key])
-    spec = _build(TrainSpec, {k: v for k, v in train_raw.items() if k in own}, "train")
+    spec = build(TrainSpec, {k: v for k, v in train_raw.items() if k in own}, "train", label="train")
     spec.passthrough = {k: v for k, v in train_raw.items() if k not in own}
     return spec
 
@@ -339,7 +405,9 @@ def _check_exclusive(raw: dict, train_raw: dict, hparams_raw: dict | None) -> No
 
 
 def _resolve_prior_fit(grid: GridSpec, base_dir: Path) -> None:
-    """Read grid.prior_fit's isoflop.N_opt law into grid.prior_coef / grid.prior_exponent."""
+    """Make grid.prior_fit an absolute path to an existing file (relative paths: to the spec's folder first).
+
+    The file is read, and its law checked, by `sweeps.grid.prior_from_fit` when the sweep is planned."""
     if grid.prior_fit is None:
         return
     path = Path(grid.prior_fit).expanduser()
@@ -347,68 +415,7 @@ def _resolve_prior_fit(grid: GridSpec, base_dir: Path) -> None:
         path = base_dir / path
     if not path.is_file():
         raise ConfigError("grid.prior_fit", "an existing fit.json (from `scaling fit`)", grid.prior_fit)
-    try:
-        law = json.loads(path.read_text())["isoflop"]["N_opt"]
-        grid.prior_coef, grid.prior_exponent = float(law["coef"]), float(law["exponent"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise ConfigError("grid.prior_fit", "a fit.json with isoflop.N_opt.coef and .exponent", f"{path}: {e!r}")
-
-
-# ------------------------------------------------------------------------------------------------ types
-
-
-def _build(cls: type, raw: object, prefix: str):
-    """Instantiate dataclass `cls` from a TOML table, checking keys and types; nested dataclasses recurse."""
-    if not isinstance(raw, dict):
-        raise ConfigError(prefix or "spec", "a table of keys", raw)
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.name not in ("source", "source_text", "overrides")]
-    kwargs = {}
-    for key, value in raw.items():
-        dotted = f"{prefix}.{key}" if prefix else key
-        if key not in names:
-            raise ConfigError(dotted, f"one of the keys {names}", "unknown key")
-        kwargs[key] = _coerce(value, hints[key], dotted)
-    return cls(**kwargs)
-
-
-def _coerce(value: object, hint: object, name: str) -> object:
-    """Check `value` against a type hint; ints may be written as integral floats (1e6), floats as ints."""
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        hint = next(a for a in typing.get_args(hint) if a is not type(None))
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, name)
-    origin = typing.get_origin(hint)
-    if origin is list:
-        if not isinstance(value, list) or not value:
-            raise ConfigError(name, "a non-empty list", value)
-        (item,) = typing.get_args(hint)
-        return [_coerce(v, item, f"{name}[{i}]") for i, v in enumerate(value)]
-    if hint is dict or origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(name, "a table of keys", value)
-        return dict(value)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(name, "true or false", value)
-        return value
-    if isinstance(value, bool):
-        raise ConfigError(name, f"a{'n integer' if hint is int else ' ' + hint.__name__}", value)
-    if hint is int:
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if not isinstance(value, int):
-            raise ConfigError(name, "an integer", value)
-        return value
-    if hint is float:
-        if not isinstance(value, (int, float)):
-            raise ConfigError(name, "a number", value)
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(name, "a string", value)
-        return value
-    raise AssertionError(f"unhandled type {hint} for {name}")  # pragma: no cover
+    grid.prior_fit = str(path.resolve())
 
 
 # ------------------------------------------------------------------------------------------------ validation
@@ -416,112 +423,113 @@ def _coerce(value: object, hint: object, name: str) -> object:
 
 def validate_spec(spec: SweepSpec) -> SweepSpec:
     """Check every value that needs no model ladder; raise ConfigError naming the first bad dotted field."""
-    from scaling.accounting import CONVENTIONS
-
     if not spec.name or not all(c.isalnum() or c in "-_." for c in spec.name) or spec.name.startswith("."):
         raise ConfigError("name", "a non-empty folder name of letters, digits, '-', '_' and '.'", spec.name)
     _validate_data_model(spec)
-    b = spec.budgets
+    _validate_budgets(spec.budgets)
+    _validate_grid(spec.grid)
+    _validate_train(spec.train)
+    if spec.hparams is not None:
+        _validate_hparams(spec.hparams, spec.budgets.resolved())
+    if spec.eval.every is not None:
+        positive_int(spec.eval.every, "eval.every")
+    positive_int(spec.eval.evals_per_run, "eval.evals_per_run")
+    positive_int(spec.eval.tokens, "eval.tokens")
+    _validate_resources(spec)
+    if spec.tracking:
+        RunConfig.from_dict({"tracking": spec.tracking})  # the trainer's own checks, naming tracking.<key>
+    return spec
+
+
+def _validate_budgets(b: BudgetSpec) -> None:
+    """Budgets: positive finite FLOPs, a complete form, and distinct (no two within BUDGET_MATCH of each other)."""
     if b.values is None and None in (b.min, b.max, b.count):
         raise ConfigError("budgets", "either budgets.values or all of budgets.min, budgets.max, budgets.count")
     if b.values is not None:
         for i, v in enumerate(b.values):
-            _positive(v, f"budgets.values[{i}]", "a positive number of FLOPs")
+            positive(v, f"budgets.values[{i}]", "a positive number of FLOPs")
+        field_name = "budgets.values"
     else:
-        _positive(b.min, "budgets.min", "a positive number of FLOPs")
-        _positive(b.max, "budgets.max", "a positive number of FLOPs")
-        _positive_int(b.count, "budgets.count")
-        if b.max < b.min or (b.max == b.min and b.count > 1):
+        positive(b.min, "budgets.min", "a positive number of FLOPs")
+        positive(b.max, "budgets.max", "a positive number of FLOPs")
+        positive_int(b.count, "budgets.count")
+        if b.count == 1:
+            raise ConfigError("budgets.count", "at least 2 with budgets.min and budgets.max (for one budget, "
+                              "set budgets.values = [C])", b.count)
+        if b.max <= b.min:
             raise ConfigError("budgets.max", f"more than budgets.min ({b.min:g})", b.max)
-    if b.convention not in CONVENTIONS:
-        raise ConfigError("budgets.convention", f"one of {CONVENTIONS}", b.convention)
-    _validate_grid(spec.grid)
-    _validate_train(spec.train)
-    if spec.hparams is not None:
-        _validate_hparams(spec.hparams, b.resolved())
-    if spec.eval.every is not None:
-        _positive_int(spec.eval.every, "eval.every")
-    _positive_int(spec.eval.evals_per_run, "eval.evals_per_run")
-    _positive_int(spec.eval.tokens, "eval.tokens")
-    _validate_resources(spec)
-    return spec
+        field_name = "budgets.count"
+    one_of(b.convention, CONVENTIONS, "budgets.convention")
+    resolved = b.resolved()
+    for lo, hi in itertools.pairwise(resolved):
+        if hi / lo - 1 <= BUDGET_MATCH:
+            raise ConfigError(field_name, f"distinct budgets (more than {BUDGET_MATCH:.0%} apart); {lo:.4g} and "
+                              f"{hi:.4g} FLOPs collapse into one", [f"{v:.4g}" for v in resolved])
 
 
 def _validate_data_model(spec: SweepSpec) -> None:
-    from scaling.runconfig import TOKENIZERS
-
-    if spec.data.tokenizer not in TOKENIZERS:
-        raise ConfigError("data.tokenizer", f"one of {TOKENIZERS}", spec.data.tokenizer)
+    one_of(spec.data.tokenizer, TOKENIZERS, "data.tokenizer")
     if spec.data.tokenizer == "bpe" and spec.data.vocab_size is None and spec.model.vocab_size is None:
         raise ConfigError("data.vocab_size", "a vocabulary size for tokenizer 'bpe' (parameter counts depend on it)")
     if spec.data.vocab_size is not None:
-        _positive_int(spec.data.vocab_size, "data.vocab_size")
+        positive_int(spec.data.vocab_size, "data.vocab_size")
     m = spec.model
-    if m.family not in FAMILIES:
-        raise ConfigError("model.family", f"one of {FAMILIES}", m.family)
-    _positive_int(m.seq_len, "model.seq_len")
+    one_of(m.family, FAMILIES, "model.family")
+    positive_int(m.seq_len, "model.seq_len")
     for key in ("vocab_size", "head_dim", "n_layer", "n_heads"):
         if getattr(m, key) is not None:
-            _positive_int(getattr(m, key), f"model.{key}")
+            positive_int(getattr(m, key), f"model.{key}")
     if m.n_heads is not None and (m.n_layer is None or m.head_dim is not None):
         raise ConfigError("model.n_heads", "set together with model.n_layer and without model.head_dim", m.n_heads)
     if m.aspect_ratio is not None:
-        _positive(m.aspect_ratio, "model.aspect_ratio", "a positive number (d_model / n_layer)")
-    _positive_int(m.n_kv_heads_ratio, "model.n_kv_heads_ratio")
+        positive(m.aspect_ratio, "model.aspect_ratio", "a positive number (d_model / n_layer)")
+    positive_int(m.n_kv_heads_ratio, "model.n_kv_heads_ratio")
     if m.family == "gpt2" and m.n_kv_heads_ratio != 1:
         raise ConfigError("model.n_kv_heads_ratio", "1 for family 'gpt2' (no grouped-query attention)",
                           m.n_kv_heads_ratio)
 
 
 def _validate_grid(g: GridSpec) -> None:
-    _positive_int(g.models_per_budget, "grid.models_per_budget")
-    if not (math.isfinite(g.spread) and g.spread >= 1):
-        raise ConfigError("grid.spread", "a number >= 1 (largest / smallest model at a budget)", g.spread)
+    positive_int(g.models_per_budget, "grid.models_per_budget")
+    at_least(g.spread, 1, "grid.spread", "a number >= 1 (largest / smallest model at a budget)")
     if g.sizes is not None:
         for i, n in enumerate(g.sizes):
-            _positive(n, f"grid.sizes[{i}]", "a positive number of non-embedding params")
-    _positive(g.tokens_per_param, "grid.tokens_per_param", "a positive number of tokens per parameter")
+            positive(n, f"grid.sizes[{i}]", "a positive number of non-embedding params")
+    positive(g.tokens_per_param, "grid.tokens_per_param", "a positive number of tokens per parameter")
     if (g.prior_coef is None) != (g.prior_exponent is None):
         missing = "grid.prior_exponent" if g.prior_exponent is None else "grid.prior_coef"
         raise ConfigError(missing, "set together with grid.prior_coef / grid.prior_exponent")
     if g.prior_coef is not None:
-        _positive(g.prior_coef, "grid.prior_coef", "a positive coefficient of N_opt = coef * C^exponent")
-        if not (math.isfinite(g.prior_exponent) and 0 < g.prior_exponent < 1):
-            raise ConfigError("grid.prior_exponent", "a number in (0, 1)", g.prior_exponent)
-    _positive_int(g.min_steps, "grid.min_steps")
-    if not (math.isfinite(g.batch_range) and g.batch_range >= 1):
-        raise ConfigError("grid.batch_range", "a number >= 1", g.batch_range)
-    if not (0 < g.tolerance < 0.5):
-        raise ConfigError("grid.tolerance", "a relative error in (0, 0.5)", g.tolerance)
+        positive(g.prior_coef, "grid.prior_coef", "a positive coefficient of N_opt = coef * C^exponent")
+        in_range(g.prior_exponent, 0.0, 1.0, "grid.prior_exponent", lo_open=True)
+    positive_int(g.min_steps, "grid.min_steps")
+    at_least(g.batch_range, 1, "grid.batch_range")
+    in_range(g.tolerance, 0.0, 0.5, "grid.tolerance", lo_open=True)
 
 
 def _validate_train(t: TrainSpec) -> None:
-    _positive(t.lr, "train.lr", "a positive learning rate")
+    positive(t.lr, "train.lr", "a positive learning rate")
     for key in ("lr_rule", "batch_rule"):
         rule = getattr(t, key)
         if rule is None:
             continue
         if set(rule) != {"coef", "exponent"}:
             raise ConfigError(f"train.{key}", "a table {coef = ..., exponent = ...}", rule)
-        for part in ("coef", "exponent"):
-            if isinstance(rule[part], bool) or not isinstance(rule[part], (int, float)):
-                raise ConfigError(f"train.{key}.{part}", "a number", rule[part])
-        _positive(rule["coef"], f"train.{key}.coef", "a positive number")
+        positive(rule["coef"], f"train.{key}.coef", "a positive number")
+        in_range(rule["exponent"], -1.0, 1.0, f"train.{key}.exponent", hi_open=False)
     if t.batch_size is not None:
-        _positive_int(t.batch_size, "train.batch_size")
+        positive_int(t.batch_size, "train.batch_size")
     if t.batch_tokens is not None:
-        _positive_int(t.batch_tokens, "train.batch_tokens")
+        positive_int(t.batch_tokens, "train.batch_tokens")
     if len(set(t.seeds)) != len(t.seeds):
         raise ConfigError("train.seeds", "distinct seeds", t.seeds)
     for i, s in enumerate(t.seeds):
-        _non_negative_int(s, f"train.seeds[{i}]")
+        non_negative_int(s, f"train.seeds[{i}]")
     _validate_passthrough(t.passthrough)
 
 
 def _validate_passthrough(passthrough: dict) -> None:
     """Let the trainer's own strict loader judge the pass-through [train] keys (its messages name train.<key>)."""
-    from scaling.runconfig import RunConfig
-
     micro = passthrough.get("micro_batch_size")
     batch = micro if isinstance(micro, int) and not isinstance(micro, bool) and micro > 0 else 1
     RunConfig.from_dict({"train": {**passthrough, "steps": 1, "batch_size": batch}})
@@ -533,15 +541,14 @@ def _validate_hparams(h: HparamSpec, budgets: list[float]) -> None:
     for key, what in (("lr", "a positive learning rate"), ("lr_factors", "a positive factor"),
                       ("batch_size", "a positive number of sequences"), ("batch_factors", "a positive factor")):
         for i, v in enumerate(getattr(h, key) or []):
-            _positive(v, f"hparams.{key}[{i}]", what)
-    if h.models not in HPARAM_MODELS:
-        raise ConfigError("hparams.models", f"one of {HPARAM_MODELS}", h.models)
+            positive(v, f"hparams.{key}[{i}]", what)
+    one_of(h.models, HPARAM_MODELS, "hparams.models")
     for i, v in enumerate(h.budgets or []):
         if match_budget(v, budgets) is None:
             raise ConfigError(f"hparams.budgets[{i}]", f"one of the budgets {[f'{b:.3g}' for b in budgets]}", v)
 
 
-def match_budget(value: float, budgets: list[float], rel: float = 0.02) -> float | None:
+def match_budget(value: float, budgets: list[float], rel: float = BUDGET_MATCH) -> float | None:
     """The budget within `rel` (relative) of `value`, or None."""
     for b in budgets:
         if abs(value / b - 1) <= rel:
@@ -551,21 +558,38 @@ def match_budget(value: float, budgets: list[float], rel: float = 0.02) -> float
 
 def _validate_resources(spec: SweepSpec) -> None:
     r = spec.resources
-    _non_negative_int(r.gpus, "resources.gpus")
-    _positive_int(r.cpus, "resources.cpus")
-    _positive(r.mem_gb, "resources.mem_gb", "a positive number of GB")
-    _positive_int(r.time_min, "resources.time_min")
+    non_negative_int(r.gpus, "resources.gpus")
+    positive_int(r.cpus, "resources.cpus")
+    positive(r.mem_gb, "resources.mem_gb", "a positive number of GB")
+    positive_int(r.time_min, "resources.time_min")
     if r.throughput_flops is not None:
-        _positive(r.throughput_flops, "resources.throughput_flops", "a positive FLOP/s figure")
-    _positive_int(spec.backend.local.max_concurrent, "backend.local.max_concurrent")
+        positive(r.throughput_flops, "resources.throughput_flops", "a positive FLOP/s figure")
+    positive_int(spec.backend.local.max_concurrent, "backend.local.max_concurrent")
     if spec.backend.local.threads_per_run is not None:
-        _positive_int(spec.backend.local.threads_per_run, "backend.local.threads_per_run")
-    s = spec.backend.slurm
-    _positive_int(s.array_parallelism, "backend.slurm.array_parallelism")
-    _non_negative_int(s.max_num_timeout, "backend.slurm.max_num_timeout")
-    for key, value in s.extra.items():
-        if isinstance(value, (dict, list)) or value is None:
-            raise ConfigError(f"backend.slurm.extra.{key}", "a string, number or boolean sbatch option value", value)
+        positive_int(spec.backend.local.threads_per_run, "backend.local.threads_per_run")
+    _validate_slurm(spec.backend.slurm)
+
+
+def _validate_slurm(s: SlurmSpec) -> None:
+    """Every value that reaches an sbatch script: strict character sets, so no newline or shell syntax gets in."""
+    positive_int(s.array_parallelism, "backend.slurm.array_parallelism")
+    non_negative_int(s.max_num_timeout, "backend.slurm.max_num_timeout")
+    for key in ("partition", "account", "qos"):
+        value = getattr(s, key)
+        if value is not None and not SLURM_NAME.fullmatch(value):
+            raise ConfigError(f"backend.slurm.{key}", "a SLURM name of letters, digits and '_.,:-' (no spaces or "
+                              "newlines)", value)
+    for i, option in enumerate(s.extra):
+        check_sbatch_option(option, f"backend.slurm.extra[{i}]")
+
+
+def check_sbatch_option(option: str, name: str) -> None:
+    """`--key=value` or `--flag` with key [a-z][a-z0-9-]* and value of [A-Za-z0-9_.,:@%+=/-]; else ConfigError."""
+    key, eq, value = option[2:].partition("=") if option.startswith("--") else ("", "", "")
+    ok = option.startswith("--") and SBATCH_KEY.fullmatch(key) and (not eq or SBATCH_VALUE.fullmatch(value))
+    if not ok:
+        raise ConfigError(name, "an sbatch option '--key=value' or '--flag' (key: lowercase letters, digits, '-'; "
+                          "value: letters, digits and '_.,:@%+=/-' only)", option)
 
 
 def validate_resources(spec: SweepSpec, backend: str) -> None:
@@ -583,19 +607,3 @@ def validate_resources(spec: SweepSpec, backend: str) -> None:
     if spec.resources.gpus > have:
         raise ConfigError("resources.gpus", f"at most the {have} CUDA device(s) this machine has for backend 'local'",
                           spec.resources.gpus)
-
-
-def _positive(value: object, name: str, what: str) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
-    if not ok:
-        raise ConfigError(name, what, value)
-
-
-def _positive_int(value: object, name: str) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ConfigError(name, "a positive integer", value)
-
-
-def _non_negative_int(value: object, name: str) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ConfigError(name, "a non-negative integer", value)

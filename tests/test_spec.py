@@ -8,6 +8,7 @@ import pytest
 from helpers import small_spec_text
 
 from scaling.errors import ConfigError
+from sweeps.grid import design, lr_at, n_opt, prior_from_fit
 from sweeps.spec import load_spec, validate_resources
 
 SMALL = small_spec_text()
@@ -38,8 +39,9 @@ def test_gpu_small_preset():
     assert budgets[0] == 1e17 and budgets[-1] == 1e19 and len(budgets) == 5
     assert budgets[2] == 1e18  # log-spaced values are rounded to 12 digits, not 1.0000000000000001e18
     assert spec.resources.gpus == 1
-    assert spec.train.lr_at(1e18) == pytest.approx(0.3118 * 1e18**-0.125)
-    assert spec.backend.slurm.extra == {"constraint": "h100"}
+    assert lr_at(spec.train, 1e18) == pytest.approx(0.3118 * 1e18**-0.125)
+    assert spec.backend.slurm.extra == ["--constraint=h100"]
+    assert spec.backend.slurm.extra_parameters() == {"constraint": "h100"}
 
 
 def test_file_overrides_and_alternatives(tmp_path):
@@ -116,16 +118,16 @@ def test_prior_fit_reads_the_isoflop_law(tmp_path):
     fit = {"isoflop": {"N_opt": {"coef": 0.05, "exponent": 0.52}}}
     (tmp_path / "fit.json").write_text(json.dumps(fit))
     spec = load_spec(write_spec(tmp_path), ['grid.prior_fit="fit.json"'])  # relative to the spec's folder
-    assert (spec.grid.prior_coef, spec.grid.prior_exponent) == (0.05, 0.52)
-    assert spec.grid.n_opt(1e12) == pytest.approx(0.05 * 1e12**0.52)
+    assert prior_from_fit(spec.grid.prior_fit) == (0.05, 0.52)
+    assert n_opt(spec, 1e12) == pytest.approx(0.05 * 1e12**0.52)
     (tmp_path / "bad.json").write_text(json.dumps({"isoflop": {}}))
     with pytest.raises(ConfigError, match=r"^grid\.prior_fit: expected a fit\.json with isoflop\.N_opt"):
-        load_spec(write_spec(tmp_path), ['grid.prior_fit="bad.json"'])
+        design(load_spec(write_spec(tmp_path), ['grid.prior_fit="bad.json"']))
 
 
 def test_chinchilla_prior_is_twenty_tokens_per_param(tmp_path):
     spec = load_spec(write_spec(tmp_path))
-    n = spec.grid.n_opt(1.2e13)
+    n = n_opt(spec, 1.2e13)
     assert 6 * n * (20 * n) == pytest.approx(1.2e13)
 
 

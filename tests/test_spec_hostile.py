@@ -1,0 +1,158 @@
+"""Hostile sweep specs (issue 11): sbatch injection, non-finite numbers, collapsing budgets, non-table sections,
+missing extras caught at plan time, corpus repetition, per-run time limits, and the preset's documented override."""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+
+import pytest
+from helpers import small_spec_text
+
+from scaling.errors import ConfigError
+from sweeps.grid import TIME_FLOOR_MIN, TIME_SAFETY, design, plan, prior_from_fit, time_limit_min
+from sweeps.spec import load_spec
+
+SMALL = small_spec_text()
+
+
+@pytest.fixture
+def small(tmp_path):
+    path = tmp_path / "small.toml"
+    path.write_text(SMALL)
+    return path
+
+
+@pytest.mark.parametrize("override, field", [
+    ('backend.slurm.partition="gpu\\nrm -rf /"', "backend.slurm.partition"),
+    ('backend.slurm.account="a b"', "backend.slurm.account"),
+    ('backend.slurm.qos="high;reboot"', "backend.slurm.qos"),
+    ('backend.slurm.partition="$(whoami)"', "backend.slurm.partition"),
+    ('backend.slurm.extra=["--constraint=h100\\n#SBATCH --wrap=x"]', "backend.slurm.extra[0]"),
+    ('backend.slurm.extra=["constraint=h100"]', "backend.slurm.extra[0]"),
+    ('backend.slurm.extra=["--Constraint=h100"]', "backend.slurm.extra[0]"),
+    ('backend.slurm.extra=["--comment=a`id`"]', "backend.slurm.extra[0]"),
+    ('backend.slurm.extra={constraint = "h100\\necho pwned"}', "backend.slurm.extra[0]"),
+])
+def test_values_that_reach_an_sbatch_script_are_strict(small, override, field):
+    with pytest.raises(ConfigError) as e:
+        load_spec(small, [override])
+    assert e.value.field == field
+
+
+def test_sbatch_extra_as_a_list_or_a_table(small):
+    spec = load_spec(small, ['backend.slurm.extra=["--constraint=h100", "--exclusive", "--gres=gpu:2"]',
+                             'backend.slurm.partition="gpu-a100_long"', 'backend.slurm.account="proj.x:1"'])
+    assert spec.backend.slurm.extra_parameters() == {"constraint": "h100", "exclusive": True, "gres": "gpu:2"}
+    spec = load_spec(small, ['backend.slurm.extra={constraint = "h100", exclusive = true, nodes = 1}'])
+    assert spec.backend.slurm.extra == ["--constraint=h100", "--exclusive", "--nodes=1"]
+
+
+@pytest.mark.parametrize("override, field", [
+    ("grid.spread=inf", "grid.spread"),
+    ("grid.tokens_per_param=inf", "grid.tokens_per_param"),
+    ("grid.batch_range=nan", "grid.batch_range"),
+    ("budgets.values=[1e11,inf]", "budgets.values[1]"),
+    ("model.aspect_ratio=inf", "model.aspect_ratio"),
+    ("resources.throughput_flops=inf", "resources.throughput_flops"),
+    ("resources.mem_gb=nan", "resources.mem_gb"),
+    ("hparams.lr_factors=[1.0,inf]", "hparams.lr_factors[1]"),
+    ("train.lr_rule={coef = inf, exponent = -0.1}", "train.lr_rule.coef"),
+    ("train.lr_rule={coef = 1.0, exponent = nan}", "train.lr_rule.exponent"),
+    ("train.weight_decay=inf", "train.weight_decay"),
+])
+def test_every_float_in_a_spec_must_be_finite(small, override, field):
+    with pytest.raises(ConfigError) as e:
+        load_spec(small, [override])
+    assert e.value.field == field
+
+
+@pytest.mark.parametrize("overrides, field, match", [
+    (["budgets.min=1e11", "budgets.max=1e12", "budgets.count=1"], "budgets.count", "at least 2"),
+    (["budgets.min=1e11", "budgets.max=1.01e11", "budgets.count=3"], "budgets.count", "collapse into one"),
+    (["budgets.values=[1e11,1.005e11,3e11]"], "budgets.values", "collapse into one"),
+    (["budgets.min=1e12", "budgets.max=1e12", "budgets.count=2"], "budgets.max", "more than budgets.min"),
+])
+def test_budgets_that_cannot_be_a_sweep(small, overrides, field, match):
+    with pytest.raises(ConfigError, match=match) as e:
+        load_spec(small, overrides)
+    assert e.value.field == field
+
+
+@pytest.mark.parametrize("section", ["train", "model", "grid", "budgets", "hparams", "backend", "resources", "eval",
+                                     "data"])
+def test_a_non_table_section_is_a_config_error(tmp_path, section):
+    path = tmp_path / "s.toml"
+    path.write_text(f'name = "small"\n{section} = 5\n')
+    with pytest.raises(ConfigError, match=rf"^{section}: expected a table of keys, got 5$"):
+        load_spec(path)
+
+
+def test_nested_non_table_is_a_config_error(small):
+    with pytest.raises(ConfigError, match=r"^backend\.slurm: expected a table of keys"):
+        load_spec(small, ["backend.slurm=3"])
+    with pytest.raises(ConfigError, match=r"^train: expected a table of keys"):
+        load_spec(small, ["train=5"])
+
+
+def test_the_tiny_cpu_documented_override_plans():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        spec = load_spec("tiny-cpu", ["budgets.values=[1e11,1e12]"])
+    assert spec.budgets.resolved() == [1e11, 1e12]
+    assert spec.hparams.budgets is None  # none of the preset's LR-grid budgets is left: the grid covers both
+    assert any("hparams.budgets" in str(w.message) for w in caught)
+    result = design(spec)
+    assert {r.budget for r in result.runs} == {1e11, 1e12}
+    assert {r.budget for r in result.runs if r.tags["kind"] == "hparam"} == {1e11, 1e12}
+    kept = load_spec("tiny-cpu", ["budgets.values=[6e9,1e12]"])
+    assert kept.hparams.budgets == [6e9]  # the LR-grid budgets still in the sweep are kept
+
+
+def test_a_missing_tokenizer_extra_is_caught_at_plan_time(small, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tokenizers", None)  # as if the `bpe` extra were not installed
+    spec = load_spec(small, ['data.tokenizer="bpe"', "data.vocab_size=512"])
+    result = design(spec)  # `sweep plan` shows the plan and the problem
+    assert result.runs and [e.field for e in result.problems] == ["data.tokenizer"]
+    with pytest.raises(ConfigError, match=r"^data\.tokenizer: .*pip install scaling-planner\[bpe\]"):
+        plan(spec)  # what `sweep launch` calls before writing anything
+
+
+def test_plan_warns_when_runs_repeat_their_corpus(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes(b"x = 1\n" * 2000)  # 12,000 bytes: about 11,880 training tokens for `bytes`
+    path = tmp_path / "s.toml"
+    path.write_text(SMALL.replace("[model]", f'[data]\ncorpus = "{corpus}"\n[model]'))
+    result = design(load_spec(path))
+    (message,) = result.warnings
+    most = max(r.D for r in result.runs)
+    assert f"{len(result.runs)} of {len(result.runs)} runs repeat their corpus" in message
+    assert f"{most / (12000 * 0.99):.1f} times (epochs)" in message
+    corpus.write_bytes(b"x = 1\n" * 10**6)  # 6 MB: more than any run reads
+    assert design(load_spec(path)).warnings == []
+
+
+def test_each_planned_run_has_a_time_limit_from_its_estimated_time(small):
+    runs = design(load_spec(small, ["resources.throughput_flops=1e6", "resources.time_min=7"])).runs
+    for r in runs:
+        expected = max(TIME_FLOOR_MIN, -(-TIME_SAFETY * r.flops / 1e6 // 60))
+        assert r.time_min == expected and r.time_min > TIME_FLOOR_MIN  # 1e11 FLOPs at 1 MFLOP/s: ~28 hours
+    assert {r.time_min for r in runs} != {24 * 60}
+    assert {r.time_min for r in design(load_spec(small, ["resources.time_min=7"])).runs} == {7}  # no estimate
+    assert time_limit_min(1e9, 1e9, 60) == TIME_FLOOR_MIN
+
+
+def test_prior_from_fit_reads_both_fit_json_schemas(tmp_path):
+    path = tmp_path / "fit.json"
+    path.write_text(json.dumps({"schema_version": 2, "isoflop": {"kind": "isoflop", "N_opt": {
+        "kind": "power_law", "params": {"coef": 0.1, "exponent": 0.5}}}}))
+    assert prior_from_fit(path) == (0.1, 0.5)
+    for bad in ([1, 2], {"isoflop": {"N_opt": {"coef": -1.0, "exponent": 0.5}}},
+                {"isoflop": {"N_opt": {"coef": "1", "exponent": 0.5}}}, {"isoflop": {"N_opt": {"coef": 1, "exponent": 5}}}):
+        path.write_text(json.dumps(bad))
+        with pytest.raises(ConfigError, match=r"^grid\.prior_fit: "):
+            prior_from_fit(path)
+    path.write_text('{"isoflop": ')  # torn
+    with pytest.raises(ConfigError, match=r"^grid\.prior_fit: .*a complete JSON file"):
+        prior_from_fit(path)
