@@ -85,10 +85,11 @@ def set_dotted(raw: dict, keys: list[str], value: object) -> dict:
 # ------------------------------------------------------------------------------------------------ typed building
 
 
-def build(cls: type, raw: object, prefix: str, *, skip: tuple[str, ...] = ()):
+def build(cls: type, raw: object, prefix: str, *, skip: tuple[str, ...] = (), label: str = ""):
     """Instantiate dataclass `cls` from a table, checking keys and types; nested dataclass fields recurse.
 
     `None` values (JSON null) mean "not set": the field keeps its default. Fields named in `skip` are not read.
+    An unknown key's message lists the known ones ("one of the <label> keys [...]").
     """
     table = as_table(raw, prefix or "config")
     hints = typing.get_type_hints(cls)
@@ -97,7 +98,7 @@ def build(cls: type, raw: object, prefix: str, *, skip: tuple[str, ...] = ()):
     for key, value in table.items():
         dotted = f"{prefix}.{key}" if prefix else key
         if key not in fields:
-            raise ConfigError(dotted, f"one of the keys {list(fields)}", "unknown key")
+            raise ConfigError(dotted, f"one of the {label + ' ' if label else ''}keys {list(fields)}", "unknown key")
         if value is None:
             continue
         allow_inf = fields[key].metadata.get("allow_inf", False)
