@@ -30,6 +30,7 @@ from scaling.configfile import (
 )
 from scaling.errors import ConfigError
 from scaling.tokenizers import TOKENIZERS
+from scaling.tracking import TrackingConfig
 
 DEFAULT_TOKENS = 2**20  # the no-argument run: ~1M tokens of a ~0.8M-param gpt2, about a minute on 2 CPU cores
 SCHEDULES = ("cosine", "wsd")
@@ -87,6 +88,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)  # runtime: not part of the identity
     out: str | None = None  # run directory
     vocab_from_corpus: bool = True  # model.vocab_size was not given: take the corpus's (set by from_dict)
 
@@ -104,9 +106,10 @@ class RunConfig:
         model = {k: coerce(v, float, f"model.{k}") if k in FLOAT_MODEL_KEYS else v for k, v in model.items()}
         cfg = cls(
             model=ModelConfig.from_dict(model),
-            train=build(TrainConfig, as_section(d, "train"), "train"),
-            data=build(DataConfig, as_section(d, "data"), "data"),
-            eval=build(EvalConfig, as_section(d, "eval"), "eval"),
+            train=build(TrainConfig, as_section(d, "train"), "train", label="train"),
+            data=build(DataConfig, as_section(d, "data"), "data", label="data"),
+            eval=build(EvalConfig, as_section(d, "eval"), "eval", label="eval"),
+            tracking=build(TrackingConfig, as_section(d, "tracking"), "tracking"),
             out=coerce(d.get("out"), str | None, "out"),
             vocab_from_corpus="vocab_size" not in model,
         )
@@ -114,16 +117,17 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         """Plain JSON-able dict; `RunConfig.from_dict(cfg.to_dict())` gives the same config back."""
-        d = {name: dataclasses.asdict(getattr(self, name)) for name in ("model", "train", "data", "eval")}
+        d = {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
         if self.vocab_from_corpus:
             d["model"].pop("vocab_size")
         d["out"] = self.out
         return d
 
     def identity(self) -> dict:
-        """The keys that decide what a run computes: `to_dict()` without `out` and the RUNTIME_KEYS."""
+        """The keys that decide what a run computes: `to_dict()` without `out`, `tracking` and the RUNTIME_KEYS."""
         d = self.to_dict()
         d.pop("out")
+        d.pop("tracking")
         for section, keys in RUNTIME_KEYS.items():
             for key in keys:
                 d[section].pop(key)
@@ -135,6 +139,7 @@ class RunConfig:
         _validate_train(self.train, self.model)
         _validate_data(self.data)
         positive_int(self.eval.tokens, "eval.tokens")
+        self.tracking.validate()
         non_negative_int(self.eval.every, "eval.every", "a non-negative integer (0: about 10 evaluations)")
         if self.out is not None:
             if not self.out.strip():
@@ -183,7 +188,8 @@ def key_in(cls: type, name: str) -> bool:
     return any(f.name == name for f in dataclasses.fields(cls))
 
 
-SECTIONS = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig, "eval": EvalConfig}
+SECTIONS = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig, "eval": EvalConfig,
+            "tracking": TrackingConfig}
 
 
 def as_section(d: dict, name: str) -> dict:
