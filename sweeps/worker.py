@@ -13,13 +13,22 @@
 Job id of the attempt: $SWEEP_JOB_ID (set by the local backend), else the SLURM job id. Threads: $SCALING_NUM_THREADS
 (set by the local backend), else $SLURM_CPUS_PER_TASK, else torch's default.
 Several processes (torchrun / SLURM tasks with RANK set): rank 0 claims and records; the other ranks only train.
+
+`python -m sweeps.worker --serve` trains many runs in one process, one after another (the local backend's long-lived
+slot worker, so each run does not pay the import of torch): it reads one JSON line `{"run_dir", "job_id"}` per run on
+stdin, trains it with `run_one` (its output going to `<run_dir>/worker.log`), and answers one JSON line `{"job_id",
+"exit"}` on stdout (exit: EXIT_OK, EXIT_FAILED or EXIT_BUSY). It exits 0 at the end of its input, and 143 on SIGTERM
+(the trainer checkpoints first when a run is in progress).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import sys
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
 
 from sweeps.store import FINAL, Store
@@ -27,6 +36,8 @@ from sweeps.store import FINAL, Store
 JOB_ID_ENV = "SWEEP_JOB_ID"
 # Exit statuses of `python -m sweeps.worker` (the local backend reads them).
 EXIT_OK, EXIT_FAILED, EXIT_BUSY = 0, 1, 75
+EXIT_SIGNALLED = 143  # 128 + SIGTERM, as the trainer exits
+SERVE_FLAG = "--serve"
 
 
 class RunBusy(RuntimeError):
@@ -84,13 +95,8 @@ def _threads() -> int | None:
     return None
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m sweeps.worker RUN_DIR`: exit 0 completed/diverged, 1 failed, 75 busy, 143 stopped by a signal."""
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print("usage: python -m sweeps.worker RUN_DIR", file=sys.stderr)
-        return 2
-    run_dir = Path(argv[0])
+def train_and_report(run_dir: Path) -> int:
+    """Train one run (`run_one`), print how it ended on stderr, and return the worker exit status for it."""
     print(f"worker pid {os.getpid()} job {os.environ.get(JOB_ID_ENV) or os.environ.get('SLURM_JOB_ID')}: "
           f"{run_dir}", file=sys.stderr, flush=True)
     try:
@@ -104,6 +110,68 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     print(summary.get("error") or "", file=sys.stderr)
     return EXIT_FAILED
+
+
+def serve(requests, reports) -> int:
+    """Train the runs named on `requests` (JSON lines) one after another; answer each on `reports` (see the module
+    docstring). SIGTERM raises SystemExit(143): inside a run the trainer checkpoints first, then hands the signal on
+    to this handler; between runs the worker simply stops."""
+
+    def stop(signum, frame):
+        raise SystemExit(EXIT_SIGNALLED)
+
+    signal.signal(signal.SIGTERM, stop)
+    for line in requests:
+        if not line.strip():
+            continue
+        request = json.loads(line)
+        run_dir, job_id = Path(request["run_dir"]), str(request["job_id"])
+        os.environ[JOB_ID_ENV] = job_id
+        with output_to(run_dir / "worker.log"):
+            try:
+                code = train_and_report(run_dir)
+            except Exception:  # noqa: BLE001 - a broken run folder fails that run, not the worker
+                traceback.print_exc()
+                code = EXIT_FAILED
+        reports.write(json.dumps({"job_id": job_id, "exit": code}) + "\n")
+        reports.flush()
+    return EXIT_OK
+
+
+@contextmanager
+def output_to(path: Path):
+    """Send this process's stdout and stderr (file descriptors 1 and 2) to `path` (appending) inside the block."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for d in (fd, *saved):
+            os.close(d)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m sweeps.worker RUN_DIR`: exit 0 completed/diverged, 1 failed, 75 busy, 143 stopped by a signal.
+    `python -m sweeps.worker --serve`: many runs, one after another (see the module docstring)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv == [SERVE_FLAG]:
+        # The reports get a private copy of stdout; fd 1 itself then goes where fd 2 goes (the launcher's log), so a
+        # stray print between runs cannot corrupt the reports.
+        reports = os.fdopen(os.dup(1), "w", buffering=1)
+        os.dup2(2, 1)
+        return serve(sys.stdin, reports)
+    if len(argv) != 1:
+        print(f"usage: python -m sweeps.worker RUN_DIR | {SERVE_FLAG}", file=sys.stderr)
+        return 2
+    return train_and_report(Path(argv[0]))
 
 
 if __name__ == "__main__":

@@ -164,12 +164,26 @@ def test_invalid_spec_launches_nothing(tmp_path, make_spec):
 
 
 FAKE_PYTHON = """#!/bin/sh
-# Stands in for python: records what a worker would see, then "trains" for a moment.
+# Stands in for python: records what a worker would see, then "trains" for a moment. A serving worker
+# (`-m sweeps.worker --serve`) reads one {"run_dir", "job_id"} line per run and answers {"job_id", "exit": 0}.
+train() {
+  mkdir -p "$1"
+  start=$(date +%s.%N)
+  sleep 0.4
+  echo "$start $(date +%s.%N)|$CUDA_VISIBLE_DEVICES|$SCALING_NUM_THREADS|$ARGS|$$" > "$1/fake.txt"
+}
+ARGS="$*"
 for last; do :; done
-mkdir -p "$last"
-start=$(date +%s.%N)
-sleep 0.4
-echo "$start $(date +%s.%N)|$CUDA_VISIBLE_DEVICES|$SCALING_NUM_THREADS|$*" > "$last/fake.txt"
+if [ "$last" = "--serve" ]; then
+  while read -r line; do
+    dir=$(echo "$line" | sed 's/.*"run_dir": "\\([^"]*\\)".*/\\1/')
+    job=$(echo "$line" | sed 's/.*"job_id": "\\([^"]*\\)".*/\\1/')
+    train "$dir"
+    echo "{\\"job_id\\": \\"$job\\", \\"exit\\": 0}"
+  done
+else
+  train "$last"
+fi
 """
 
 
@@ -199,6 +213,7 @@ def test_scheduler_places_runs_on_gpus_or_cpu_slots(tmp_path, gpus_per_run):
     if gpus_per_run == 0:
         assert max_overlap(intervals) == 2 and {r[1] for r in rows} == {""} and {r[2] for r in rows} == {"4"}
         assert all(r[3].startswith("-m sweeps.worker") for r in rows)
+        assert len({r[4] for r in rows}) == 2  # two long-lived workers trained the four runs
     else:
         assert max_overlap(intervals) == 4 // gpus_per_run
         assert all(len(r[1].split(",")) == gpus_per_run for r in rows)
@@ -207,6 +222,20 @@ def test_scheduler_places_runs_on_gpus_or_cpu_slots(tmp_path, gpus_per_run):
         assert all("torch.distributed.run" in r[3] and "--nproc_per_node=2" in r[3] for r in rows)
     if gpus_per_run == 1:
         assert all(r[3].startswith("-m sweeps.worker") for r in rows)
+
+
+def test_one_process_per_run_when_workers_are_not_reused(tmp_path):
+    """reuse_workers=False (the old mode, kept for the benchmark and torchrun runs): a new process for every run."""
+    from sweeps.executors.base import Resources
+
+    fake = tmp_path / "python"
+    fake.write_text(FAKE_PYTHON)
+    fake.chmod(0o755)
+    executor = LocalExecutor(max_concurrent=2, python=str(fake), poll_s=0.02, reuse_workers=False)
+    jobs = executor.map_array([tmp_path / f"run{i}" for i in range(4)], Resources())
+    assert [j.wait(timeout=30, poll_s=0.02) for j in jobs] == ["COMPLETED"] * 4
+    rows = [(tmp_path / f"run{i}" / "fake.txt").read_text().strip().split("|") for i in range(4)]
+    assert len({r[4] for r in rows}) == 4 and all(r[3].endswith(f"run{i}") for i, r in enumerate(rows))
 
 
 def test_scheduler_rejects_more_gpus_than_visible(tmp_path):
