@@ -4,13 +4,19 @@
 A run's figures come from its summary.json when it has one (what was trained), else from planned.json (what is
 planned): N, D, C, steps. `loss` is the final validation loss of a completed or diverged run and NaN otherwise.
 `C` counts FLOPs under the sweep's convention (`flop_convention`); `C_<convention>` recounts the same tokens under
-every convention of `scaling.accounting.CONVENTIONS` (flops per token of the shape x D).
+every convention of `scaling.accounting.CONVENTIONS` (flops per token of the shape x D). `spec_version` is the
+version of the sweep's spec that added the run (1 unless the sweep was extended with `sweep launch --extend`), so
+a fit can keep the versions apart.
+
+A `metrics.jsonl` whose lines do not all parse (typically its last line cut off by a crash) is reported with a
+warning naming the run and the line; the readable lines are used.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -21,7 +27,7 @@ from sweeps.store import FINAL, Store
 RUN_COLUMNS = [
     "run_id", "status", "budget", "kind", "family", "n_layer", "d_model", "n_heads", "d_ff", "seq_len", "N", "N_total",
     "D", "C", *(f"C_{c}" for c in CONVENTIONS), "loss", "lr", "batch_size", "steps", "seed", "flop_convention",
-    "wall_time_s",
+    "wall_time_s", "spec_version",
 ]
 METRIC_COLUMNS = ["run_id", "step", "tokens", "flops", "train_loss", "val_loss", "lr", "N", "budget"]
 NAN = float("nan")
@@ -34,8 +40,10 @@ def load_results(results_dir: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataF
         store = Store(sweep_dir)
         for run_id in store.run_ids():
             planned = store.planned(run_id)
-            rows.append(run_row(store, planned))
-            metric_rows += metrics_rows(store.run_dir(run_id) / "metrics.jsonl", planned)
+            row = run_row(store, planned)
+            rows.append(row)
+            metric_rows += metrics_rows(store.run_dir(run_id) / "metrics.jsonl", planned,
+                                        report=row["status"] != "running")
     runs = pd.DataFrame(rows, columns=RUN_COLUMNS)
     metrics = pd.DataFrame(metric_rows, columns=METRIC_COLUMNS)
     return runs, metrics
@@ -83,13 +91,15 @@ def run_row(store: Store, planned: dict) -> dict:
         "seed": train.get("seed", planned["tags"].get("seed")),
         "flop_convention": convention,
         "wall_time_s": _number(summary.get("wall_time_s")),
+        "spec_version": int(planned.get("spec_version", 1)),
     }
 
 
-def metrics_rows(path: Path, planned: dict) -> list[dict]:
-    """Rows of metrics.jsonl that hold an evaluation (val_loss set); unreadable lines (a cut-off last line) skipped."""
+def metrics_rows(path: Path, planned: dict, report: bool = True) -> list[dict]:
+    """Rows of metrics.jsonl that hold an evaluation (val_loss set); unreadable lines are skipped, and reported
+    when `report` (not for a running run, whose last line may be half written at this instant)."""
     rows = []
-    for record in read_jsonl(path):
+    for record in read_jsonl(path, label=f"run {planned['run_id']}" if report else None, report=report):
         if record.get("val_loss") is None:
             continue
         row = {k: record.get(k, NAN) for k in METRIC_COLUMNS[1:7]}
@@ -97,20 +107,33 @@ def metrics_rows(path: Path, planned: dict) -> list[dict]:
     return rows
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    """The JSON objects of a .jsonl file, skipping blank or malformed lines; [] when the file is missing."""
+def read_jsonl(path: Path, label: str | None = None, report: bool = True) -> list[dict]:
+    """The JSON objects of a .jsonl file ([] when it is missing), skipping blank lines.
+
+    Lines that are not JSON objects (a last line cut off by a crash, a torn write) are skipped with one warning that
+    names `label` (e.g. "run 1a2b3c4d5e6f"), the file, the lines and how many records were read."""
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8", errors="replace")
     except FileNotFoundError:
         return []
-    records = []
-    for line in text.splitlines():
+    records, bad = [], []
+    lines = text.split("\n")
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
-            continue
+            record = None
         if isinstance(record, dict):
             records.append(record)
+        else:
+            bad.append(number)
+    if bad and report:
+        last = len(lines) - (lines[-1] == "")
+        where = "its last line is cut off" if bad == [last] else f"line(s) {', '.join(map(str, bad[:5]))} unreadable"
+        warnings.warn(f"{label or path}: {path.name} is truncated or torn ({where}); read {len(records)} records "
+                      f"from {path}", stacklevel=2)
     return records
 
 

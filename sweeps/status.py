@@ -19,10 +19,10 @@ def run_progress(store: Store, run_id: str) -> dict:
     """Where a run stands: state, steps/tokens done (last metrics line, or the summary) and planned, last val loss."""
     planned = store.planned(run_id)
     summary = store.summary(run_id) or {}
-    records = read_jsonl(store.run_dir(run_id) / "metrics.jsonl")
+    state = store.run_state(run_id)
+    records = read_jsonl(store.run_dir(run_id) / "metrics.jsonl", label=f"run {run_id}", report=state != "running")
     last = records[-1] if records else {}
     losses = [r["val_loss"] for r in records if r.get("val_loss") is not None]
-    state = store.run_state(run_id)
     done_final = state in FINAL
     return {
         "run_id": run_id,
