@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import warnings
 from pathlib import Path
 
+from analysis.data import BATCH_UNITS, CANONICAL, PARAM_COUNTS, load_runs
 from scaling.errors import ConfigError
 
 LAW_CHOICES = ("parametric", "isoflop", "envelope", "loss", "hyperparams", "all")
@@ -32,13 +34,24 @@ def register(subparsers) -> None:
         "fit", help="fit scaling laws (with bootstrap intervals) to a runs table or a sweep results directory",
         description="Fit scaling laws to RUNS (a CSV/Parquet table or a sweep results directory).",
         epilog=FIT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    fit.add_argument("runs", metavar="RUNS", help="CSV or Parquet file, or a sweep results directory (with runs/)")
+    fit.add_argument("runs", metavar="RUNS",
+                     help="CSV or Parquet file (one row per run, or per checkpoint with run_id and step), or a sweep "
+                          "results directory")
     fit.add_argument("--law", choices=LAW_CHOICES, default="all", help="which law to fit (default: all)")
     fit.add_argument("--json", metavar="OUT.json", help="write the fit as JSON (see below)")
     fit.add_argument("--out", metavar="DIR", help="write the full report: fit.json, report.md, PNG and SVG figures")
-    fit.add_argument("--columns", action="append", metavar='N="Model Size",C="Training FLOP"',
-                     help="map canonical columns (N, D, loss, C, lr, batch_size, run_id, budget) to source columns")
-    fit.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    fit.add_argument("--columns", action="append", metavar='loss="smooth loss",N="Model Size"',
+                     help=f"map canonical columns ({', '.join(CANONICAL)}) to source columns; quote names with "
+                          "commas or spaces; mapping onto a name the file already has sets the old column aside; "
+                          "repeatable")
+    fit.add_argument("--param-count", choices=PARAM_COUNTS,
+                     help="what N counts: all parameters or all but the embeddings (recorded in fit.json meta; a "
+                          "sweep folder records its own)")
+    fit.add_argument("--batch-unit", choices=BATCH_UNITS,
+                     help="unit of batch_size (default: sequences when the table has a seq_len column, else tokens); "
+                          "sequences are converted to tokens with seq_len")
+    fit.add_argument("--n-boot", type=int, default=1000,
+                     help="bootstrap resamples (default 1000; 0 = point estimates only, no intervals)")
     fit.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     fit.add_argument("--target", metavar="BUDGET", help="target budget in FLOPs for the report's recommendation")
     fit.add_argument("--drop-highest-loss", type=int, default=0, metavar="K",
@@ -59,19 +72,51 @@ def register(subparsers) -> None:
 
 
 def parse_columns(specs: list[str] | None) -> dict[str, str] | None:
-    """Parse ['N=Model Size,C=Training FLOP', ...] into {"N": "Model Size", "C": "Training FLOP"}."""
+    """Parse ['N=Model Size,C=Training FLOP', 'loss="smooth, loss"'] into {"N": "Model Size", ...}.
+
+    Pairs are separated by commas outside quotes; a source name may be quoted (single or double quotes) to hold
+    commas or spaces. Each canonical name may appear once.
+    """
     if not specs:
         return None
-    out = {}
+    out: dict[str, str] = {}
     for spec in specs:
-        for item in spec.split(","):
+        for item in _split_unquoted(spec):
             if not item.strip():
                 continue
             name, sep, source = item.partition("=")
-            if not sep or not name.strip() or not source.strip():
+            name, source = name.strip(), _unquote(source.strip())
+            if not sep or not name or not source:
                 raise ConfigError("--columns", 'CANONICAL=SOURCE pairs separated by commas, e.g. N="Model Size"', item)
-            out[name.strip()] = source.strip().strip("\"'")
+            if name in out:
+                raise ConfigError("--columns", "each canonical name mapped once", name)
+            out[name] = source
     return out
+
+
+def _split_unquoted(text: str) -> list[str]:
+    """Split on commas that are not inside single or double quotes; an unclosed quote is a ConfigError."""
+    parts, current, quote = [], [], None
+    for ch in text:
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "\"'":
+            quote = ch
+        elif ch == ",":
+            parts.append("".join(current))
+            current = []
+            continue
+        current.append(ch)
+    if quote:
+        raise ConfigError("--columns", "closed quotes", text)
+    parts.append("".join(current))
+    return parts
+
+
+def _unquote(text: str) -> str:
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
+        return text[1:-1]
+    return text
 
 
 def parse_budget(text, field: str = "--budget") -> float:
@@ -86,15 +131,26 @@ def parse_budget(text, field: str = "--budget") -> float:
 
 
 def run_fit(args) -> int:
+    """`scaling fit`: load the runs, fit every law they allow, print the summary, write --json / --out."""
     from analysis.report import fit_all, write_report
 
     if args.n_boot < 0:
         raise ConfigError("--n-boot", "a non-negative number of bootstrap resamples", args.n_boot)
     target = parse_budget(args.target, "--target") if args.target is not None else None
-    report = fit_all(args.runs, laws=args.law, n_boot=args.n_boot, seed=args.seed,
-                     columns=parse_columns(args.columns), backtest=not args.no_backtest, target_budget=target,
-                     drop_highest_loss=args.drop_highest_loss)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        runs = load_runs(args.runs, parse_columns(args.columns), param_count=args.param_count,
+                         batch_unit=args.batch_unit)
+    for w in caught:
+        print(f"warning: {w.message}")
+    for line in describe_loaded(runs):
+        print(line)
+    report = fit_all(runs, laws=args.law, n_boot=args.n_boot, seed=args.seed, backtest=not args.no_backtest,
+                     target_budget=target, drop_highest_loss=args.drop_highest_loss)
     print(report.summary())
+    if args.n_boot == 0:
+        print("no intervals: --n-boot 0 gives point estimates only (no bootstrap, so nothing is inside or outside "
+              "an interval)")
     if args.json:
         _write_json(args.json, report.to_dict())
         print(f"wrote {args.json}")
@@ -102,6 +158,29 @@ def run_fit(args) -> int:
         path = write_report(report, args.out, target_budget=target)
         print(f"wrote {path} (and fit.json, figures) in {args.out}")
     return 0
+
+
+def describe_loaded(runs) -> list[str]:
+    """Lines saying what load_runs left out or assumed: excluded runs by status, duplicates, units, N's count."""
+    a = runs.attrs
+    lines = []
+    counts = a.get("excluded_counts") or {}
+    if counts:
+        lines.append(f"excluded {sum(counts.values())} run(s): "
+                     + ", ".join(f"{n} {what}" for what, n in sorted(counts.items(), key=lambda kv: -kv[1])))
+    if a.get("per_checkpoint"):
+        lines.append(f"per-checkpoint table: {len(runs)} runs (last checkpoint each), "
+                     f"{len(a.get('metrics', []))} checkpoints kept for the envelope")
+    if a.get("derived"):
+        lines.append("derived: " + ", ".join(f"{k} = {v}" for k, v in a["derived"].items()) + " (6N convention)")
+    if a.get("set_aside"):
+        lines.append("set aside: " + ", ".join(f"{k} -> {v}" for k, v in a["set_aside"].items()))
+    if a.get("batch_unit"):
+        lines.append(f"batch_size read in {a['batch_unit']}"
+                     + (" and converted to tokens (x seq_len)" if a["batch_unit"] == "sequences" else ""))
+    lines.append(f"N counts {a.get('parameter_count', 'unspecified')} parameters"
+                 + (" (declare it with --param-count)" if a.get("parameter_count") == "unspecified" else ""))
+    return lines
 
 
 def run_recommend(args) -> int:

@@ -51,7 +51,21 @@ DEFAULT_K = 6.0  # FLOPs per parameter per token used to derive C, D or N when a
 PLAUSIBLE_K = (2.0, 30.0)  # C/(N·D) of every known convention (6N, 6N_total, exact, ...) lies in this range
 DEFAULT_C_RTOL = 0.10  # a row whose C/(N·D) differs from the table's median by more than this is inconsistent
 DEFAULT_BUDGET_RTOL = 0.05  # runs whose C agree within this form one budget (when clearly separated from others)
+LOADED_BY = "analysis.load_runs"  # df.attrs["loaded_by"] of a table load_runs returned (loading it again is a no-op)
 _MAX_LISTED = 10  # rows named in a warning message (all are in df.attrs)
+
+
+class SharedFrame(pd.DataFrame):
+    """A read-only DataFrame that deepcopy shares instead of copying. pandas deep-copies df.attrs on every operation,
+    and the per-checkpoint curves kept in df.attrs["metrics"] can hold millions of rows; operations on a
+    SharedFrame give plain DataFrames."""
+
+    @property
+    def _constructor(self):
+        return pd.DataFrame
+
+    def __deepcopy__(self, memo=None) -> SharedFrame:
+        return self
 
 
 # ---------------------------------------------------------------- budgets
@@ -345,7 +359,7 @@ def _metrics_table(checkpoints: pd.DataFrame, keep_runs: pd.Series, budget: dict
         "budget": ck["run_id"].map(budget).to_numpy(float),
     }, columns=list(METRIC_COLUMNS))
     values = out[["tokens", "flops", "val_loss", "N"]].to_numpy(float)
-    return out[np.isfinite(values).all(axis=1) & (values > 0).all(axis=1)].reset_index(drop=True)
+    return SharedFrame(out[np.isfinite(values).all(axis=1) & (values > 0).all(axis=1)].reset_index(drop=True))
 
 
 # ---------------------------------------------------------------- checks
@@ -362,13 +376,14 @@ def _check_positive(df: pd.DataFrame, name: str, where: str) -> None:
 def _unit_hint(ratio: float) -> str:
     """What a C/(N·D) far from the 2-30 FLOPs per param per token of every convention suggests."""
     decades = math.log10(ratio / DEFAULT_K)
-    prefixes = {3: "kilo", 6: "mega", 9: "giga", 12: "tera", 15: "peta", 18: "exa"}
     step = int(3 * round(abs(decades) / 3))
     if decades < 0:
-        unit = f"{prefixes.get(step, f'1e{step} ')}FLOPs" if step else "a different unit"
-        return f"C looks like it is counted in {unit}, or N / D in single params / tokens too many"
+        prefix = {3: "k", 6: "M", 9: "G", 12: "T", 15: "P", 18: "E"}.get(step)
+        unit = f"{prefix}FLOPs (1e{step} FLOPs)" if prefix else f"units of 1e{step} FLOPs"
+        return f"C looks like it is counted in {unit} rather than FLOPs" if step else "C is not 2-30 x N·D"
     scale = {3: "thousands", 6: "millions", 9: "billions", 12: "trillions"}.get(step, f"units of 1e{step}")
-    return f"N or D looks like it is counted in {scale} (or C in a smaller unit)"
+    return f"N or D looks like it is counted in {scale} rather than single parameters / tokens" if step else (
+        "C is not 2-30 x N·D")
 
 
 def _check_units(df: pd.DataFrame, column_names: dict[str, str], where: str) -> float:
@@ -429,11 +444,17 @@ def load_runs(source, columns: dict[str, str] | None = None, *, budget_rtol: flo
     batch_unit: the unit of batch_size, "tokens" or "sequences" (then multiplied by the seq_len column); default:
     sequences when the table has a seq_len column, else tokens (a sweep's are tokens). Recorded in
     df.attrs["batch_unit"]. Budgets: the `budget` column, else C grouped by group_budgets(budget_rtol).
+    A table this function returned (df.attrs["loaded_by"]) is returned as it is.
     Raises ConfigError for unreadable, empty or header-only sources, missing columns, text in numeric columns, and
     NaN / non-positive N, D, C among the kept runs.
     """
     param_count = _choice("param_count", param_count, PARAM_COUNTS)
     batch_unit = _choice("batch_unit", batch_unit, BATCH_UNITS)
+    if isinstance(source, pd.DataFrame) and source.attrs.get("loaded_by") == LOADED_BY:
+        if columns or param_count or batch_unit:
+            raise ConfigError("load_runs", "columns, param_count and batch_unit on the first load of a table, not on "
+                              "a table load_runs already returned", "options on a loaded table")
+        return source
     if c_rtol is not None and not (math.isfinite(c_rtol) and c_rtol > 0):
         raise ConfigError("c_rtol", "a positive relative tolerance, or None for no check", c_rtol)
     raw, sweep_metrics, where, from_sweep = _read_source(source)
@@ -495,10 +516,11 @@ def load_runs(source, columns: dict[str, str] | None = None, *, budget_rtol: flo
     runs = runs.reset_index(drop=True)
     metrics = sweep_metrics
     if metrics is not None and "run_id" in metrics.columns:  # only the fitted runs' curves
-        metrics = metrics[metrics["run_id"].astype(str).isin(set(runs["run_id"]))].reset_index(drop=True)
+        metrics = SharedFrame(metrics[metrics["run_id"].astype(str).isin(set(runs["run_id"]))].reset_index(drop=True))
     if checkpoints is not None:
         metrics = _metrics_table(checkpoints, runs["run_id"], dict(zip(runs["run_id"], runs["budget"])))
     runs.attrs = {
+        "loaded_by": LOADED_BY,
         "source": where,
         "excluded": excluded,
         "excluded_counts": dict(Counter(e["category"] for e in excluded)),

@@ -221,7 +221,9 @@ def _meta(df: pd.DataFrame, excluded: list[dict], target_budget: float | None) -
     meta = {"flop_convention": convention, "k": k, "n_runs": len(df), "n_excluded": len(excluded),
             "excluded": excluded, "budgets": budgets, "max_budget": budgets[-1],
             "target_budget": float(target_budget) if target_budget else DEFAULT_TARGET_FACTOR * budgets[-1],
-            "parameter_count": "non-embedding" if convention != "6N_total" else "total"}
+            "parameter_count": df.attrs["parameter_count"] if df.attrs.get("parameter_count") in ("total", "non-embedding")
+            else ("non-embedding" if convention != "6N_total" else "total"),
+            "batch_unit": df.attrs.get("batch_unit"), "excluded_counts": dict(df.attrs.get("excluded_counts") or {})}
     for key in ("family", "seq_len", "vocab_size"):
         if key in df.columns and df[key].notna().any():
             value = df[key].dropna().mode().iloc[0]
