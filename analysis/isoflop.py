@@ -119,6 +119,7 @@ class BudgetProfile:
     center_D: float = math.nan
     flags: list[str] = field(default_factory=list)
     draws: dict[str, np.ndarray] = field(default_factory=dict)  # logN, logD, L per draw (NaN = failed)
+    bias_sd: float = 0.0  # model-error spread added to the vertex draws [decades of N] (see _residual_draws)
 
     @property
     def vertex_N(self) -> tuple[float, float]:
@@ -200,26 +201,60 @@ def _vertex_draws(pr: BudgetProfile, coef_N: np.ndarray, coef_D: np.ndarray) -> 
     return {"logN": np.where(ok, xv, nan), "logD": np.where(ok, dv, nan), "L": np.where(ok, yv, nan)}
 
 
+def _cubic_vertex(coef: np.ndarray, center: float) -> np.ndarray:
+    """Local minimum (uncentered x) of c0 + c1·u + c2·u² + c3·u³, u = x - center, nearest the centre; NaN if none."""
+    c1, c2, c3 = coef[..., 1], coef[..., 2], coef[..., 3]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        disc = 4 * c2 * c2 - 12 * c3 * c1
+        root = np.sqrt(np.where(disc >= 0, disc, np.nan))
+        cand = np.stack([(-2 * c2 + root) / (6 * c3), (-2 * c2 - root) / (6 * c3)], -1)
+        is_min = 2 * c2[..., None] + 6 * c3[..., None] * cand > 0
+        cand = np.where(is_min & np.isfinite(cand), cand, np.nan)
+        best = np.where(np.abs(c3) > 1e-12 * np.abs(c2), np.nanmin(np.abs(cand), -1), np.nan)
+        u = np.where(np.isfinite(cand[..., 0]) & (np.abs(cand[..., 0]) == best), cand[..., 0], cand[..., 1])
+        u = np.where(np.abs(c3) > 1e-12 * np.abs(c2), u, -c1 / (2 * c2))
+    return center + u
+
+
 def _residual_draws(pr: BudgetProfile, sigma: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Parametric bootstrap of one budget: losses redrawn around the fitted parabola with relative noise sigma_b
     (one per draw) / sqrt(replicates), both parabolas refitted. Done exactly on the sufficient statistics: with
     y* = yhat·(1 + sigma·e/sqrt(w)), the refitted coefficients are the fitted ones plus H·sigma·e with
-    H = (X'WX)^-1 X'W diag(yhat/sqrt(w)) (6 x n, both parabolas share the losses); H·e is drawn as U·S·g from the
-    SVD of H, so a draw costs 6 normal numbers whatever the number of points."""
-    x, d, _y, w = pr.fitted()
+    H = (X'WX)^-1 X'W diag(yhat/sqrt(w)) (both parabolas share the losses); H·e is drawn as U·S·g from the
+    SVD of H, so a draw costs a few normal numbers whatever the number of points.
+
+    Model error: with >= 5 points a cubic in log N is fitted too. Its vertex minus the parabola's estimates the
+    parabola's bias; the part of its square beyond the noise (the variance of the same difference over the draws)
+    is added as Gaussian spread to the vertex draws (pr.bias_sd, in decades)."""
+    x, d, y, w = pr.fitted()
     yhat = np.polyval(uncentered(pr.coef_N, pr.center_N), x)
-    XN = np.stack([np.ones_like(x), x - pr.center_N, (x - pr.center_N) ** 2], 1)
-    XD = np.stack([np.ones_like(d), d - pr.center_D, (d - pr.center_D) ** 2], 1)
-    # Coefficients of both parabolas fitted to the smooth curve yhat (the draws' common mean).
-    base_N = np.linalg.solve(XN.T @ (w[:, None] * XN), XN.T @ (w * yhat))
-    base_D = np.linalg.solve(XD.T @ (w[:, None] * XD), XD.T @ (w * yhat))
-    # Coefficient noise: c* - c = H e', H = (X'WX)^-1 X'W diag(yhat/sqrt(w)), e' ~ N(0, sigma^2)
-    HN = np.linalg.solve(XN.T @ (w[:, None] * XN), (XN * (w * yhat / np.sqrt(w))[:, None]).T)
-    HD = np.linalg.solve(XD.T @ (w[:, None] * XD), (XD * (w * yhat / np.sqrt(w))[:, None]).T)
-    H = np.vstack([HN, HD])  # (6, n)
-    U, S, _ = np.linalg.svd(H, full_matrices=False)  # H e' has the law of (U S) g, g ~ N(0, I): 6 numbers a draw
+    u, v = x - pr.center_N, d - pr.center_D
+    designs = [np.stack([np.ones_like(u), u, u * u], 1), np.stack([np.ones_like(v), v, v * v], 1)]
+    cubic = x.size >= 5 and np.unique(x).size >= 5
+    if cubic:
+        designs.append(np.stack([np.ones_like(u), u, u * u, u ** 3], 1))
+    bases, rows = [], []
+    for X in designs:
+        XtWX = X.T @ (w[:, None] * X)
+        bases.append(np.linalg.solve(XtWX, X.T @ (w * yhat)))
+        rows.append(np.linalg.solve(XtWX, (X * (np.sqrt(w) * yhat)[:, None]).T))
+    U, S, _ = np.linalg.svd(np.vstack(rows), full_matrices=False)  # H e' has the law of (U S) g, g ~ N(0, I)
     z = rng.standard_normal((sigma.size, S.size)) @ (U * S).T * sigma[:, None]
-    return _vertex_draws(pr, base_N[None, :] + z[:, :3], base_D[None, :] + z[:, 3:])
+    out = _vertex_draws(pr, bases[0][None, :] + z[:, :3], bases[1][None, :] + z[:, 3:6])
+    if cubic:
+        X3 = designs[2]
+        observed = np.linalg.solve(X3.T @ (w[:, None] * X3), X3.T @ (w * y))
+        delta = float(_cubic_vertex(observed, pr.center_N)) - pr.vertex_N[0]
+        diff = _cubic_vertex(bases[2][None, :] + z[:, 6:], pr.center_N) - vertex(bases[0][None, :] + z[:, :3],
+                                                                                   pr.center_N)[0]
+        diff = diff[np.isfinite(diff)]
+        if math.isfinite(delta) and diff.size > 10:
+            q25, q75 = np.percentile(diff, [25, 75])
+            pr.bias_sd = math.sqrt(max(0.0, delta * delta - ((q75 - q25) / 1.349) ** 2))
+    if pr.bias_sd > 0:
+        shift = pr.bias_sd * rng.standard_normal(sigma.size)
+        out["logN"], out["logD"] = out["logN"] + shift, out["logD"] - shift
+    return out
 
 
 def _runs_draws(pr: BudgetProfile, n_boot: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -423,7 +458,7 @@ def _budget_table(profiles: list[BudgetProfile], method: str, reason: str) -> pd
                   if draws is None or reason else interval_from_draws(draws, method=method))
             lo, hi = (10 ** iv.lo, 10 ** iv.hi) if to_lin else (iv.lo, iv.hi)
             row.update({f"{key}_lo": lo, f"{key}_hi": hi, f"{key}_reason": iv.reason})
-        row.update(n_ok=int(np.isfinite(pr.draws["logN"]).sum()) if pr.draws else 0,
+        row.update(bias_sd=pr.bias_sd, n_ok=int(np.isfinite(pr.draws["logN"]).sum()) if pr.draws else 0,
                    n_total=int(pr.draws["logN"].size) if pr.draws else 0,
                    n_points=int(pr.logN.size), n_fit=int(pr.fit.sum()), n_runs=int(pr.weight.sum()),
                    flags=list(pr.flags), used=pr.used, best_N=float(10 ** pr.logN[best]),
@@ -480,13 +515,14 @@ def fit_isoflop(df: pd.DataFrame, *, window: float | None = None, n_boot: int = 
     est = {"N": np.array([pr.vertex_N[0] for pr in used]), "D": np.array([pr.vertex_D for pr in used]),
            "L": np.log10(L_est)}
     boot: dict = {key: None for key in est}
-    logC_draws = None
+    logC_draws = L_draws = None
     model_error = {}
     if not reason and method in ("residual", "runs"):
         _budget_draws(profiles, method, noise, n_boot, rng)
         boot = {"N": np.stack([pr.draws["logN"] for pr in used], 1), "D": np.stack([pr.draws["logD"] for pr in used], 1)}
+        L_draws = np.stack([pr.draws["L"] for pr in used], 1)  # the frontier adds its own model-error term
         with np.errstate(invalid="ignore", divide="ignore"):
-            boot["L"] = np.log10(np.stack([pr.draws["L"] for pr in used], 1))
+            boot["L"] = np.log10(L_draws)
         for key in ("N", "D", "L"):
             i0, s0 = weighted_line(logC, est[key], np.ones(logC.size))
             extra = _excess_variance(est[key] - i0 - s0 * logC, logC.size - 2, boot[key])
@@ -503,7 +539,6 @@ def fit_isoflop(df: pd.DataFrame, *, window: float | None = None, n_boot: int = 
     if len(used) >= 3:
         frontier_reason = reason or ("" if method != "budgets" else "the frontier's draws need the residual or "
                                      "runs bootstrap")
-        L_draws = None if boot["L"] is None or method == "budgets" else 10 ** boot["L"]
         frontier, model_error["L_frontier"] = _frontier(logC, L_est, L_draws, label, frontier_reason, rng)
     fields = allocation_fields(laws["N"], laws["D"], laws["L"])
     unreliable = fields.pop("unreliable")

@@ -29,8 +29,10 @@ DESIGNS = {
                                     max_offset=0.1, noise=0.005, n_seeds=3),
     "large-6x6-2seeds": SweepDesign("large-6x6-2seeds", n_budgets=6, span=1000, n_per_budget=6, half_width=0.6,
                                     max_offset=0.25, noise=0.007, n_seeds=2, n_lr=5),
-    "noisy-5x5-off": SweepDesign("noisy-5x5-off", n_budgets=5, span=100, n_per_budget=5, half_width=0.5,
-                                 max_offset=0.25, noise=0.01, n_seeds=1),
+    "noisy-5x6-2seeds-off": SweepDesign("noisy-5x6-2seeds-off", n_budgets=5, span=100, n_per_budget=6,
+                                        half_width=0.6, max_offset=0.25, noise=0.01, n_seeds=2),
+    "marginal-5x5-1pct": SweepDesign("marginal-5x5-1pct", n_budgets=5, span=100, n_per_budget=5, half_width=0.5,
+                                     max_offset=0.25, noise=0.01, n_seeds=1),
     "very-wide-3x7": SweepDesign("very-wide-3x7", n_budgets=3, span=100, n_per_budget=7, half_width=1.0,
                                  max_offset=0.4, noise=0.003, n_seeds=1),
 }
