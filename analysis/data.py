@@ -343,7 +343,9 @@ def _split_curves(df: pd.DataFrame, where: str) -> tuple[pd.DataFrame, pd.DataFr
 
 def _metrics_table(checkpoints: pd.DataFrame, keep_runs: pd.Series, budget: dict) -> pd.DataFrame:
     """The kept runs' checkpoints in the sweep folder's metrics layout (METRIC_COLUMNS)."""
-    ck = checkpoints[checkpoints["run_id"].isin(set(keep_runs))]
+    ck = checkpoints[checkpoints["run_id"].isin(keep_runs.to_numpy())]
+    ids = pd.Index(list(budget))
+    budgets = np.fromiter(budget.values(), dtype=float, count=len(budget))
     n = len(ck)
     nan = np.full(n, np.nan)
     out = pd.DataFrame({
@@ -356,7 +358,7 @@ def _metrics_table(checkpoints: pd.DataFrame, keep_runs: pd.Series, budget: dict
         "val_loss": ck["loss"].to_numpy(float),
         "lr": ck["lr"].to_numpy(float) if "lr" in ck.columns else nan,
         "N": ck["N"].to_numpy(float),
-        "budget": ck["run_id"].map(budget).to_numpy(float),
+        "budget": budgets[ids.get_indexer(ck["run_id"])],
     }, columns=list(METRIC_COLUMNS))
     values = out[["tokens", "flops", "val_loss", "N"]].to_numpy(float)
     return SharedFrame(out[np.isfinite(values).all(axis=1) & (values > 0).all(axis=1)].reset_index(drop=True))
