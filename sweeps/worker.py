@@ -133,8 +133,11 @@ def serve(requests, reports) -> int:
             except Exception:  # noqa: BLE001 - a broken run folder fails that run, not the worker
                 traceback.print_exc()
                 code = EXIT_FAILED
-        reports.write(json.dumps({"job_id": job_id, "exit": code}) + "\n")
-        reports.flush()
+        try:
+            reports.write(json.dumps({"job_id": job_id, "exit": code}) + "\n")
+            reports.flush()
+        except BrokenPipeError:  # the launcher is gone: the run's own files say how it ended
+            return EXIT_OK
     return EXIT_OK
 
 

@@ -72,6 +72,16 @@ def test_sweep_runs_every_run_once_and_loads(local_sweep):
     assert {r[-1]["state"] for r in load_jobs(result.sweep_dir).values()} == {"COMPLETED"}
 
 
+def test_each_slot_trains_its_runs_in_one_process(local_sweep):
+    """max_concurrent = 2: two long-lived workers trained the four runs (no import per run), each run once."""
+    _, result = local_sweep
+    store = Store(result.sweep_dir)
+    pids = [a["pid"] for run_id in result.submitted for a in store.attempts(run_id)]
+    assert len(pids) == 4 and len(set(pids)) == 2
+    for run_id in result.submitted:  # each run's own output still goes to its own log
+        assert f"run {run_id}: completed" in (store.run_dir(run_id) / "worker.log").read_text()
+
+
 def test_relaunch_submits_nothing(local_sweep):
     spec, first = local_sweep
     again = launch(spec, backend="local", results=first.sweep_dir.parent, wait=True, progress=False)

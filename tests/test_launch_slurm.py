@@ -55,6 +55,20 @@ def test_array_completes_and_loads(slurm_sweep):
     assert all(f"slurm:{i} COMPLETED" in text for i in ids)
 
 
+def test_dry_run_script_is_the_submitted_script(slurm_sweep):
+    """What --dry-run prints for the sweep's runs starts with the very sbatch script submitit wrote for the array."""
+    from sweeps.launch import resources_for
+    from sweeps.spec import load_spec
+
+    spec, root, result = slurm_sweep
+    store = Store(result.sweep_dir)
+    array_id = result.job_ids[result.submitted[0]].split("_")[0]
+    (submitted,) = (root / "submitit").glob(f"**/{array_id}_submission.sh")
+    resources = resources_for(load_spec(spec), store.planned(result.submitted[0]))
+    script = executor(root).describe([store.run_dir(r) for r in result.submitted], resources)
+    assert script.startswith(submitted.read_text())
+
+
 def test_relaunch_submits_nothing(slurm_sweep):
     spec, root, first = slurm_sweep
     again = launch(spec, backend="slurm", results=root / "results", executor=executor(root))

@@ -149,16 +149,20 @@ class SlurmExecutor(Executor):
         return executor
 
     def describe(self, run_dirs: list[str | Path], resources: Resources | None = None) -> str:
-        """The sbatch script `map_array` would submit for these runs, nothing submitted.
+        """The sbatch script `map_array` would submit for these runs, nothing submitted (no cluster needed).
 
-        Built as submitit 1.5 builds it (`_make_sbatch_string` with the executor's parameters, plus `map_count`
-        for an array of more than one task); tests/test_slurm_script.py pins that output."""
-        resources = resources or Resources()
-        executor = self._submitit_executor(resources)
-        params = dict(executor.parameters)
+        Built as submitit 1.5 builds it in `SlurmExecutor._internal_process_submissions`: `_make_sbatch_string`
+        with the executor's parameters, plus `map_count` for an array of more than one task, whose copy of the
+        executor runs the default python. tests/test_slurm_script.py pins that output; the `slurm` tests compare it
+        with the script a real submission writes."""
+        params = self.sbatch_parameters(resources or Resources())
+        _make_sbatch_string(command="nothing to do", folder=self.folder / "%j", **params)  # submitit's own check
+        python = self.python
         if len(run_dirs) > 1:
             params["map_count"] = len(run_dirs)
-        script = _make_sbatch_string(command=executor._submitit_command_str, folder=executor.folder, **params)
+            python = shlex.quote(sys.executable)
+        command = " ".join([python, "-u -m submitit.core._submit", shlex.quote(str(self.folder / "%j"))])
+        script = _make_sbatch_string(command=command, folder=self.folder / "%j", **params)
         runs = "\n".join(f"#   task {i}: {Path(d).resolve()}" for i, d in enumerate(run_dirs))
         return f"{script}\n# array tasks (max_num_timeout={self.max_num_timeout}):\n{runs}\n"
 
