@@ -1,349 +1,758 @@
-"""Hyperparameter scaling laws: the loss-optimal learning rate and batch size per FLOP budget, and their power
-laws lr_opt(C), B_opt(C); plus the Step-Law form lr = c·N^p·D^q.
+"""Hyperparameter laws by cell: the loss-optimal peak learning rate (and batch size) of each scanned cell, then
+their laws across cells.
 
-Units: lr is the peak learning rate, batch_size in tokens, C in FLOPs, N in params, D in tokens. Logs are base 10.
-Per budget the optimum comes from either
-  "quadratic": a quadratic surface of loss in (log lr, log B) (a parabola in log lr when the budget has fewer
-               than 3 batch sizes; then the batch size is that of the lowest-loss run), or
-  "within":    the geometric mean of lr and B over the runs within `tolerance` (relative) of the best loss
-               (the DeepSeek / Step-Law near-optimal rule).
-Bootstrap: resample runs with replacement inside each budget and redo the optima and the laws.
+Units: lr is the peak learning rate, batch_size in tokens, C in FLOPs, N in params, D in tokens; logs are base 10
+except the loss, which is fitted as ln L (the noise model is relative: sigma is the sd of ln L of one run).
+
+A cell is one (N, D) pair: in a sweep, one model at one budget. It is never a group of runs whose C happens to fall
+within a tolerance, and it does not depend on a `kind` column. A cell is scanned in a hyperparameter when it holds
+at least MIN_SCAN distinct values of it; only scanned cells locate an optimum, and a table without any scanned cell
+is refused ("no LR scan: one LR per cell").
+
+Per scanned cell: replicates (runs that differ only in seed) are averaged; ln L is fitted by weighted least squares
+as a quadratic in log10 lr, or as a quadratic surface in (log10 lr, log10 B) when the cell also scans >= MIN_SCAN
+batch sizes. The optimum is the fitted minimum; it is flagged `edge_lr` / `edge_batch` when it lies at or beyond
+the scanned range (closer to an end value than to that end's neighbour), `not_convex` when the fit has no minimum.
+Its interval comes from a bootstrap over the cell's runs, or, when the cell has fewer than RUN_BOOTSTRAP_MIN_RUNS
+runs (or the run bootstrap fails too often), a residual bootstrap that simulates new losses with the noise model.
+A draw whose optimum falls outside the scanned range, or that has no minimum, is a failed draw, never clipped.
+
+Across cells, lr_opt(C) is regressed over the compute-optimal cells (per budget, the scanned cell nearest the
+budget's optimum N), and, when sizes vary, the Step-Law form lr(N, D) = c N^p D^q over every usable cell; likewise
+B_opt(C) and B(D) when a batch grid exists. These are weighted by each cell's precision, with a between-cell
+scatter term (random effects, estimated by moments) so that a law the cells do not follow gets wider intervals.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
 
-from analysis.data import budgets_of, require_columns
-from analysis.isoflop import parabola_batch, vertex
-from analysis.powerlaw import (
-    PowerLawFit,
-    bootstrap_counts,
-    power_law_result,
-    round_samples,
-    samples_summary,
-    summary_lines,
-    weighted_line,
+from analysis.noise import NoiseEstimate, collapse_replicates, residual_noise
+from analysis.powerlaw import PowerLawFit, power_law_result
+from analysis.result import (
+    HYPERPARAM_EXPONENT,
+    FitResult,
+    Interval,
+    interval_from_draws,
+    json_safe,
+    unreliable_reasons,
 )
-from analysis.result import FitResult, json_safe
 from scaling.errors import ConfigError
 
-FLAGS = ("edge_lr", "edge_batch", "not_convex", "too_few_points")
+MIN_SCAN = 3  # distinct values of a hyperparameter at one (N, D) for it to count as scanned
+CELL_RTOL = 1e-3  # N (or D) values closer than this (relative) are the same model (data) size
+RUN_BOOTSTRAP_MIN_RUNS = 12  # fewer runs in a cell: resampling them is degenerate, use the residual bootstrap
+MIN_LAW_CELLS = 2  # cells at distinct budgets needed for a law in C
+MIN_STEPLAW_CELLS = 4  # cells for lr = c N^p D^q (3 coefficients and one degree of freedom)
+MIN_VARIANCE = 1e-6  # floor of a cell optimum's variance [decades^2] in the law weights
+NO_DRAWS = "no resamples (n_boot = 0)"
+FLAGS = ("edge_lr", "edge_batch", "not_convex", "lr_undetermined", "batch_undetermined")
+LR_FLAGS = frozenset({"edge_lr", "not_convex", "lr_undetermined"})  # any of these keeps a cell out of the lr laws
+BATCH_FLAGS = frozenset({"edge_batch", "not_convex", "batch_undetermined"})
 
 
-def quadratic_surface_batch(u: np.ndarray, v: np.ndarray, y: np.ndarray, W: np.ndarray) -> np.ndarray:
-    """Coefficients of y ≈ c0 + c1·u + c2·v + c3·u² + c4·v² + c5·u·v for each row of weights W (B x n).
+# ---------------------------------------------------------------- cells
 
-    Rows whose weighted design has rank < 6 give NaN. Center u, v beforehand.
-    """
-    X = np.stack([np.ones_like(u), u, v, u * u, v * v, u * v], axis=1)
-    XtWX = np.einsum("bn,ni,nj->bij", W, X, X)
-    XtWy = np.einsum("bn,ni,n->bi", W, X, y)
+
+def _size_labels(values: np.ndarray, rtol: float) -> np.ndarray:
+    """Integer label per value; sorted values whose neighbours differ by at most rtol (relative) share one label."""
+    logv = np.log(values)
+    order = np.argsort(logv)
+    new = np.r_[True, np.diff(logv[order]) > math.log1p(rtol)]
+    labels = np.empty(values.size, dtype=np.int64)
+    labels[order] = np.cumsum(new) - 1
+    return labels
+
+
+def cell_ids(df: pd.DataFrame) -> np.ndarray:
+    """Cell index of each run: one cell per distinct (N, D) pair (values within CELL_RTOL are the same size)."""
+    n_lab = _size_labels(df["N"].to_numpy(float), CELL_RTOL)
+    d_lab = _size_labels(df["D"].to_numpy(float), CELL_RTOL)
+    return pd.MultiIndex.from_arrays([n_lab, d_lab]).factorize()[0]
+
+
+def _positive(df: pd.DataFrame, col: str) -> np.ndarray:
+    vals = pd.to_numeric(df[col], errors="coerce").to_numpy(float)
+    bad = ~(np.isfinite(vals) & (vals > 0))
+    if bad.any():
+        raise ConfigError(f"hyperparams: column {col}", "positive finite values", f"{int(bad.sum())} bad rows")
+    return vals
+
+
+def _prepare(df: pd.DataFrame) -> pd.DataFrame:
+    """Validated runs: cell, N, D, C, budget, lr, batch_size (tokens, NaN when absent), loss."""
+    missing = [c for c in ("N", "D", "lr", "loss") if c not in df.columns]
+    if missing:
+        raise ConfigError("hyperparams: columns", f"columns {missing} (a cell is an (N, D) pair); "
+                          f"available: {list(df.columns)}")
+    out = pd.DataFrame({c: _positive(df, c) for c in ("N", "D", "lr", "loss")})
+    out["batch_size"] = _positive(df, "batch_size") if "batch_size" in df.columns else np.nan
+    out["C"] = _positive(df, "C") if "C" in df.columns else 6.0 * out["N"] * out["D"]
+    out["budget"] = _positive(df, "budget") if "budget" in df.columns else np.nan
+    out["cell"] = cell_ids(out)
+    return out
+
+
+def _scan_refusal(points: pd.DataFrame) -> ConfigError:
+    """The error for a table where no cell holds MIN_SCAN learning rates at one batch size."""
+    per_cell = points.groupby(["cell", "batch_size"], dropna=False)["lr"].nunique().groupby(level=0).max()
+    most = int(per_cell.max())
+    detail = "one LR per cell" if most <= 1 else f"at most {most} learning rates per cell at one batch size"
+    return ConfigError("hyperparams", f"an LR scan: >= {MIN_SCAN} distinct learning rates at one (N, D)",
+                       f"no LR scan: {detail} ({per_cell.size} cells)")
+
+
+# ---------------------------------------------------------------- one cell's quadratic
+
+
+def _design(u: np.ndarray, v: np.ndarray | None) -> np.ndarray:
+    """Quadratic design in centred coordinates: [1, u, u^2] or [1, u, v, u^2, v^2, u v]."""
+    if v is None:
+        return np.stack([np.ones_like(u), u, u * u], axis=1)
+    return np.stack([np.ones_like(u), u, v, u * u, v * v, u * v], axis=1)
+
+
+def _solve(X: np.ndarray, Y: np.ndarray, W: np.ndarray) -> np.ndarray:
+    """Weighted least-squares coefficients for each row of Y (B x m) with weights W (B x m); NaN rows where the
+    weighted design is rank-deficient."""
+    XtWX = np.einsum("bm,mi,mj->bij", W, X, X)
+    XtWy = np.einsum("bm,mi,bm->bi", W, X, Y)
     s = np.linalg.svd(XtWX, compute_uv=False)
     ok = s[:, -1] > 1e-10 * np.maximum(s[:, 0], 1e-300)
-    out = np.full((len(W), 6), np.nan)
+    out = np.full((len(W), X.shape[1]), np.nan)
     if ok.any():
         out[ok] = np.linalg.solve(XtWX[ok], XtWy[ok][..., None])[..., 0]
     return out
 
 
-def surface_minimum(c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(u*, v*, y*) at the stationary point of each quadratic surface; NaN unless it is a minimum."""
-    h11, h22, h12 = 2 * c[..., 3], 2 * c[..., 4], c[..., 5]
-    det = h11 * h22 - h12 * h12
-    convex = (h11 > 0) & (det > 0)
-    safe = np.where(convex, det, 1.0)
-    us = np.where(convex, -(h22 * c[..., 1] - h12 * c[..., 2]) / safe, np.nan)
-    vs = np.where(convex, -(-h12 * c[..., 1] + h11 * c[..., 2]) / safe, np.nan)
-    ys = c[..., 0] + 0.5 * (c[..., 1] * us + c[..., 2] * vs)
-    return us, vs, ys
+def _minimum(coef: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(u*, v*, y*) of each row's quadratic in centred coordinates; NaN unless it has a minimum (v* NaN in 1-D)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if coef.shape[-1] == 3:
+            c0, c1, c2 = coef[..., 0], coef[..., 1], coef[..., 2]
+            convex = c2 > 0
+            us = np.where(convex, -c1 / (2 * np.where(convex, c2, 1.0)), np.nan)
+            return us, np.full_like(us, np.nan), c0 + 0.5 * c1 * us
+        h11, h22, h12 = 2 * coef[..., 3], 2 * coef[..., 4], coef[..., 5]
+        det = h11 * h22 - h12 * h12
+        convex = (h11 > 0) & (det > 0)
+        safe = np.where(convex, det, 1.0)
+        us = np.where(convex, -(h22 * coef[..., 1] - h12 * coef[..., 2]) / safe, np.nan)
+        vs = np.where(convex, -(-h12 * coef[..., 1] + h11 * coef[..., 2]) / safe, np.nan)
+        return us, vs, coef[..., 0] + 0.5 * (coef[..., 1] * us + coef[..., 2] * vs)
 
 
-def _within(u, v, y, W, tolerance):
-    """Geometric-mean optimum (u, v, y_best) of runs within tolerance of the best loss, for each row of W."""
-    drawn = W > 0
-    best = np.where(drawn, y, np.inf).min(1)
-    near = drawn & (y[None, :] <= best[:, None] * (1 + tolerance))
-    wn = np.where(near, W, 0.0)
-    return (wn * u).sum(1) / wn.sum(1), (wn * v).sum(1) / wn.sum(1), best
+def _distinct(x: np.ndarray, drawn: np.ndarray) -> np.ndarray:
+    """Number of distinct values of x among the drawn entries of each row of `drawn` (B x m booleans)."""
+    _, inverse = np.unique(x, return_inverse=True)
+    hits = np.zeros((drawn.shape[0], inverse.max() + 1), bool)
+    rows, cols = np.nonzero(drawn)
+    hits[rows, inverse[cols]] = True
+    return hits.sum(1)
+
+
+def _at_edge(x: float, grid: np.ndarray) -> bool:
+    """Whether an optimum x lies at or beyond the scanned range: nearer an end value than that end's neighbour."""
+    g = np.unique(grid)
+    return not (g[0] + g[1]) / 2 <= x <= (g[-2] + g[-1]) / 2
 
 
 @dataclass
-class _Optimum:
-    budget: float
-    u: float
-    v: float
-    loss: float
-    boot_u: np.ndarray
-    boot_v: np.ndarray
-    flags: list[str]
-    n_points: int
-    n_lr: int
-    n_batch: int
-    varies_batch: bool
-    coef: list[float]
+class _Cell:
+    """One scanned cell: its points, its quadratic fit, its optimum with flags and bootstrap draws."""
+
+    index: int
+    u: np.ndarray  # log10 lr of each point (replicates averaged)
+    v: np.ndarray | None  # log10 batch of each point when the cell scans the batch size, else None
+    y: np.ndarray  # ln mean loss of each point
+    n: np.ndarray  # replicates per point
+    batch: float  # batch size [tokens] of a 1-D scan (NaN when the table has none); NaN for a 2-D scan
     center: tuple[float, float]
+    coef: np.ndarray = field(default_factory=lambda: np.empty(0))
+    u_opt: float = math.nan
+    v_opt: float = math.nan
+    lnL_opt: float = math.nan
+    flags: list[str] = field(default_factory=list)
+    u_draws: np.ndarray = field(default_factory=lambda: np.empty(0))
+    v_draws: np.ndarray = field(default_factory=lambda: np.empty(0))
+    method: str = "none"
+    reason: str = ""  # why no draws were made
+
+    @property
+    def two_d(self) -> bool:
+        return self.v is not None
+
+    def X(self) -> np.ndarray:
+        mu, mv = self.center
+        return _design(self.u - mu, None if self.v is None else self.v - mv)
+
+    def fit(self) -> np.ndarray:
+        """Point estimate; returns the relative residuals of the points (ln L - fitted)."""
+        X = self.X()
+        self.coef = _solve(X, self.y[None], self.n[None].astype(float))[0]
+        us, vs, ys = _minimum(self.coef)
+        self.u_opt = float(us + self.center[0])
+        self.v_opt = float(vs + self.center[1]) if self.two_d else math.nan
+        self.lnL_opt = float(ys)
+        if not np.isfinite(self.u_opt):
+            self.flags.append("not_convex")
+        else:
+            if _at_edge(self.u_opt, self.u):
+                self.flags.append("edge_lr")
+            if self.two_d and _at_edge(self.v_opt, self.v):
+                self.flags.append("edge_batch")
+        return self.y - X @ self.coef if np.isfinite(self.coef).all() else np.full_like(self.y, np.nan)
+
+    def optima(self, Y: np.ndarray, W: np.ndarray, X: np.ndarray, u: np.ndarray, v) -> tuple[np.ndarray, np.ndarray]:
+        """Optima (log10 lr, log10 B) of each resample; NaN (failed) when a draw has no minimum, too few distinct
+        values, or its optimum outside the scanned range."""
+        mu, mv = self.center
+        us, vs, _ = _minimum(_solve(X, Y, W))
+        us, vs = us + mu, vs + mv
+        drawn = W > 0
+        ok = np.isfinite(us) & (_distinct(u, drawn) >= MIN_SCAN) & (us >= u.min()) & (us <= u.max())
+        if v is not None:
+            ok &= np.isfinite(vs) & (_distinct(v, drawn) >= MIN_SCAN) & (vs >= v.min()) & (vs <= v.max())
+        return np.where(ok, us, np.nan), np.where(ok, vs, np.nan) if v is not None else np.full_like(us, np.nan)
 
 
-def _inside_grid(draws: np.ndarray, x: np.ndarray, y: np.ndarray, W: np.ndarray) -> np.ndarray:
-    """Bootstrap optima bounded by what the grid can tell: a vertex beyond the grid is moved to its edge, and a
-    resample with no minimum (not convex) gives the x of its best run. Runs cannot locate an optimum outside the
-    values they tried; without this a nearly flat resample puts the optimum at 1e18 and the interval is meaningless."""
-    draws = np.clip(np.asarray(draws, float), x.min(), x.max())
-    bad = ~np.isfinite(draws)
-    if bad.any():
-        best = np.argmin(np.where(W[bad] > 0, y, np.inf), axis=1)
-        draws[bad] = x[best]
-    return draws
+def _run_bootstrap(cell: _Cell, lr: np.ndarray, batch: np.ndarray, loss: np.ndarray, n_boot: int,
+                   rng: np.random.Generator):
+    """Resample the cell's runs (lr, batch, loss arrays) with replacement; optima of each resample."""
+    u = np.log10(lr)
+    v = np.log10(batch) if cell.two_d else None
+    y = np.log(loss)
+    mu, mv = cell.center
+    X = _design(u - mu, None if v is None else v - mv)
+    W = rng.multinomial(len(u), np.full(len(u), 1 / len(u)), size=n_boot).astype(float)
+    return cell.optima(np.broadcast_to(y, W.shape), W, X, u, v)
 
 
-def _budget_optimum(budget, u, v, y, counts, method, tolerance) -> _Optimum:
-    """Optimum (log10 lr, log10 B) of one budget with flags and bootstrap draws."""
-    n_lr, n_b = np.unique(u).size, np.unique(v).size
-    mu, mv = float(u.mean()), float(v.mean())
-    best = int(np.argmin(y))
-    flags: list[str] = []
-    W = counts.astype(float)
-    coef: list[float] = []
-    two_d = n_b >= 3 if method == "quadratic" else n_b >= 2
-    if method == "within":
-        ou, ov, oy = (float(a[0]) for a in _within(u, v, y, np.ones((1, y.size)), tolerance))
-        bu, bv, _ = _within(u, v, y, W, tolerance) if len(W) else (np.empty(0), np.empty(0), None)
-        if n_lr < 2:
-            flags.append("too_few_points")
-    elif two_d:
-        c = quadratic_surface_batch(u - mu, v - mv, y, np.ones((1, y.size)))
-        coef = [float(a) for a in c[0]]
-        us, vs, ys = surface_minimum(c)
-        ou, ov, oy = float(us[0] + mu), float(vs[0] + mv), float(ys[0])
-        if y.size < 6 or n_lr < 3 or not np.isfinite(c).all():
-            flags.append("too_few_points")
-        elif not np.isfinite(ou):
-            flags.append("not_convex")
-        bus, bvs, _ = surface_minimum(quadratic_surface_batch(u - mu, v - mv, y, W)) if len(W) else (
-            np.empty(0), np.empty(0), None)
-        bu, bv = bus + mu, bvs + mv
-    else:  # 1-D scan in lr at the batch size of the best run
-        at = v == v[best]
-        c = parabola_batch(u[at] - mu, y[at], np.ones((1, int(at.sum()))))
-        coef = [float(a) for a in c[0]]
-        xv, yv = vertex(c[0], mu)
-        ou, ov, oy = float(xv), float(v[best]), float(yv)
-        if np.unique(u[at]).size < 3:
-            flags.append("too_few_points")
-        elif not np.isfinite(ou):
-            flags.append("not_convex")
-        bu = vertex(parabola_batch(u[at] - mu, y[at], W[:, at]), mu)[0] if len(W) else np.empty(0)
-        bv = np.full(len(W), float(v[best]))
-    if len(W) and method != "within":
-        bu, bv = _inside_grid(bu, u, y, W), _inside_grid(bv, v, y, W)
-    if not np.isfinite(ou):  # no usable surface: report the best run, flagged above
-        ou, ov, oy = float(u[best]), float(v[best]), float(y[best])
-    if u[best] in (u.min(), u.max()) or not (u.min() <= ou <= u.max()):
-        flags.append("edge_lr")
-    if n_b >= 2 and (v[best] in (v.min(), v.max()) or not (v.min() <= ov <= v.max())):
-        flags.append("edge_batch")
-    return _Optimum(budget=budget, u=ou, v=ov, loss=oy, boot_u=np.asarray(bu, float), boot_v=np.asarray(bv, float),
-                    flags=flags, n_points=int(y.size), n_lr=int(n_lr), n_batch=int(n_b),
-                    varies_batch=bool(two_d), coef=coef, center=(mu, mv))
+def _residual_bootstrap(cell: _Cell, sigma: np.ndarray, rng: np.random.Generator):
+    """Simulate new point means: fitted ln L + sigma_b z / sqrt(n), z ~ N(0, 1); optima of each simulation."""
+    X = cell.X()
+    fitted = X @ cell.coef
+    Y = fitted[None] + sigma[:, None] * rng.standard_normal((sigma.size, cell.y.size)) / np.sqrt(cell.n)[None]
+    W = np.broadcast_to(cell.n.astype(float), Y.shape)
+    return cell.optima(Y, W, X, cell.u, cell.v)
 
 
-@dataclass(repr=False, eq=False)
+# ---------------------------------------------------------------- cells of a table
+
+
+def _scanned_points(lr: np.ndarray, batch: np.ndarray, loss: np.ndarray) -> tuple[np.ndarray, bool, float]:
+    """Which of a cell's points its fit uses: all of them for a 2-D (lr x batch) scan, else the lr scan at the batch
+    size with the most learning rates (ties: the one holding the lowest loss). Returns (mask, two_d, batch)."""
+    everything = np.ones(lr.size, bool)
+    if np.isnan(batch).all():
+        return everything, False, math.nan
+    sizes = np.unique(batch)
+    if sizes.size >= MIN_SCAN and lr.size >= 6:
+        u, v = np.log10(lr), np.log10(batch)
+        if np.linalg.matrix_rank(_design(u - u.mean(), v - v.mean())) == 6:
+            return everything, True, math.nan
+    n_lr = np.array([np.unique(lr[batch == b]).size for b in sizes])
+    best = np.array([loss[batch == b].min() for b in sizes])
+    pick = float(sizes[np.lexsort((best, -n_lr))[0]])
+    return batch == pick, False, pick
+
+
+def _build_cells(points: pd.DataFrame) -> tuple[list[_Cell], dict[int, str]]:
+    """Scanned cells (>= MIN_SCAN learning rates at one batch size) and, for the others, why they are not."""
+    cells, unscanned = [], {}
+    order = np.argsort(points["cell"].to_numpy(), kind="stable")
+    cell = points["cell"].to_numpy()[order]
+    lr, batch, loss, n = (points[c].to_numpy(float)[order] for c in ("lr", "batch_size", "loss", "n_replicates"))
+    starts = np.flatnonzero(np.r_[True, cell[1:] != cell[:-1]])
+    for start, stop in zip(starts, np.r_[starts[1:], cell.size]):
+        sl = slice(start, stop)
+        used, two_d, b = _scanned_points(lr[sl], batch[sl], loss[sl])
+        n_lr = np.unique(lr[sl][used]).size
+        if n_lr < MIN_SCAN:
+            spread = "" if np.unique(lr[sl]).size == n_lr else " at any one batch size"
+            unscanned[int(cell[start])] = f"{n_lr} learning rate(s){spread}"
+            continue
+        u = np.log10(lr[sl][used])
+        v = np.log10(batch[sl][used]) if two_d else None
+        cells.append(_Cell(index=int(cell[start]), u=u, v=v, y=np.log(loss[sl][used]), n=n[sl][used], batch=b,
+                           center=(float(u.mean()), float(v.mean()) if two_d else math.nan)))
+    return cells, unscanned
+
+
+def _noise(replicate_noise: NoiseEstimate, cells: list[_Cell], resid: list[np.ndarray]):
+    """(the reported noise model, the noise the residual bootstrap simulates).
+
+    Replicates estimate the noise when the table has them; the residuals of the cells' quadratics (labelled so)
+    otherwise. The bootstrap uses the larger of the two, so that a quadratic that misfits the cells widens the
+    intervals instead of hiding behind pure replicate noise."""
+    r = np.concatenate(resid) if resid else np.empty(0)
+    w = np.concatenate([c.n for c in cells]) if cells else np.empty(0)
+    ok = np.isfinite(r)
+    dof = int(sum(c.y.size - c.coef.size for c, rr in zip(cells, resid) if np.isfinite(rr).all()))
+    from_residuals = residual_noise(r[ok], w[ok], dof)
+    reported = replicate_noise if replicate_noise.determined else from_residuals
+    if replicate_noise.determined and from_residuals.determined and from_residuals.sigma > replicate_noise.sigma:
+        return reported, from_residuals
+    return reported, reported
+
+
+def _locate(cells: list[_Cell], runs: pd.DataFrame, noise: NoiseEstimate, n_boot: int, cell_bootstrap: str,
+            rng: np.random.Generator) -> None:
+    """Bootstrap draws of every cell's optimum (runs, or residual when too few runs / too many failures)."""
+    cell_of = runs["cell"].to_numpy()
+    order = np.argsort(cell_of, kind="stable")
+    bounds = np.searchsorted(cell_of[order], [[c.index, c.index + 1] for c in cells]) if cells else []
+    lr, batch, loss = (runs[c].to_numpy(float)[order] for c in ("lr", "batch_size", "loss"))
+    for cell, (start, stop) in zip(cells, bounds):
+        if n_boot == 0:
+            cell.reason = NO_DRAWS
+            continue
+        keep = slice(start, stop)
+        mine = batch[keep] == cell.batch if not cell.two_d and np.isfinite(cell.batch) else np.ones(stop - start, bool)
+        use_runs = cell_bootstrap == "runs" or (cell_bootstrap == "auto" and mine.sum() >= RUN_BOOTSTRAP_MIN_RUNS)
+        if use_runs:
+            cell.u_draws, cell.v_draws = _run_bootstrap(cell, lr[keep][mine], batch[keep][mine], loss[keep][mine],
+                                                        n_boot, rng)
+            cell.method = "bootstrap:runs"
+            ok = np.isfinite(cell.u_draws).mean()
+            if ok >= 0.9 or cell_bootstrap == "runs":
+                continue
+        if not noise.determined:
+            cell.u_draws = cell.v_draws = np.full(n_boot, np.nan)
+            cell.method, cell.reason = "bootstrap:residual", f"no noise estimate ({noise.reason})"
+            continue
+        cell.u_draws, cell.v_draws = _residual_bootstrap(cell, noise.sigma_draws(n_boot, rng), rng)
+        cell.method = "bootstrap:residual"
+
+
+def _cell_interval(draws: np.ndarray, cell: _Cell) -> Interval:
+    """Interval of 10**draws (a positive hyperparameter), or undetermined with the cell's reason."""
+    if cell.reason:
+        return Interval.undetermined(cell.reason, n_total=draws.size, method=cell.method)
+    iv = interval_from_draws(draws, method=cell.method)
+    if not iv.determined:
+        return iv
+    return Interval(10 ** iv.lo, 10 ** iv.hi, iv.n_ok, iv.n_total, iv.method, iv.level)
+
+
+# ---------------------------------------------------------------- compute-optimal cells
+
+
+def _budget_optimum_n(x: np.ndarray, y: np.ndarray) -> float:
+    """log10 N of a budget's optimum from its cells' log10 N (x) and best losses (y): the vertex of a parabola when
+    there are >= 3 sizes and the vertex lies among them, else the size with the lowest loss."""
+    best = float(x[np.argmin(y)])
+    if np.unique(x).size < 3:
+        return best
+    c2, c1, _ = np.polyfit(x - x.mean(), y, 2)
+    if c2 <= 0:
+        return best
+    vertex = x.mean() - c1 / (2 * c2)
+    return float(vertex) if x.min() <= vertex <= x.max() else best
+
+
+def _cell_budgets(table: pd.DataFrame) -> np.ndarray:
+    """Budget of each cell: the table's `budget` column, else the cell's C grouped with near-equal Cs."""
+    if table["budget"].notna().all():
+        return table["budget"].to_numpy(float)
+    from analysis.data import group_budgets
+
+    return group_budgets(table["C"].to_numpy(float))
+
+
+def _compute_optimal(table: pd.DataFrame) -> tuple[np.ndarray, dict]:
+    """Mask of the compute-optimal scanned cell of each budget (nearest in log N to the budget's optimum N, found
+    from every cell at that budget, scanned or not) and, per budget, how far it sits from that optimum."""
+    budget = table["budget_group"].to_numpy(float)
+    log_n, best = np.log10(table["N"].to_numpy(float)), table["best_loss"].to_numpy(float)
+    scanned = table["scanned"].to_numpy(bool)
+    chosen = np.zeros(len(table), bool)
+    offsets = {}
+    for b in np.unique(budget[scanned]):
+        members = np.flatnonzero(budget == b)
+        candidates = members[scanned[members]]
+        dist = np.abs(log_n[candidates] - _budget_optimum_n(log_n[members], best[members]))
+        chosen[candidates[int(np.argmin(dist))]] = True
+        offsets[f"{b:.4g}"] = round(float(dist.min()), 4)
+    return chosen, offsets
+
+
+# ---------------------------------------------------------------- laws across cells
+
+
+def _variances(draws: np.ndarray) -> np.ndarray:
+    """Variance of each column's finite draws (decades^2), floored at MIN_VARIANCE; ones when there are no draws."""
+    if draws.shape[0] == 0:
+        return np.ones(draws.shape[1])
+    with np.errstate(invalid="ignore"):
+        var = np.nanvar(draws, axis=0, ddof=1) if draws.shape[0] > 1 else np.full(draws.shape[1], np.nan)
+    return np.maximum(np.where(np.isfinite(var), var, 1.0), MIN_VARIANCE)
+
+
+def _between_cell_variance(X: np.ndarray, y: np.ndarray, var: np.ndarray) -> float:
+    """Moment estimate of the scatter tau^2 of cells about the law beyond their own uncertainty (0 when the law
+    has no residual degrees of freedom or the cells agree with it)."""
+    n, p = X.shape
+    if n <= p:
+        return 0.0
+    w = 1.0 / var
+    XtW = X.T * w
+    A = np.linalg.inv(XtW @ X)
+    beta = A @ (XtW @ y)
+    q = float(np.sum(w * (y - X @ beta) ** 2))
+    trace = float(np.sum(w) - np.trace(A @ (XtW * w) @ X))
+    return max(0.0, (q - (n - p)) / trace) if trace > 0 else 0.0
+
+
+@dataclass
+class _LawFit:
+    """A regression of log10 optima on a design across cells: coefficients, draws, and the cells' weights."""
+
+    beta: np.ndarray
+    draws: np.ndarray  # (n_boot, p); NaN rows are failed draws
+    weights: np.ndarray  # 1 / (cell variance + tau^2)
+    tau: float  # between-cell scatter [decades] (NaN without draws)
+
+
+def _cross_cell_law(X: np.ndarray, y: np.ndarray, cell_draws: np.ndarray, rng: np.random.Generator) -> _LawFit:
+    """Weighted regression of y (log10 optima) on X with weights 1 / (cell variance + tau^2); each draw regresses
+    the cells' bootstrap optima plus a N(0, tau^2) scatter. A cell's failed draw leaves it out of that draw; a draw
+    with fewer usable cells than coefficients fails. Without draws the cells weigh the same."""
+    p = X.shape[1]
+    if cell_draws.shape[0] == 0:
+        w = np.ones(len(y))
+        return _LawFit(beta=_solve(X, y[None], w[None])[0], draws=np.empty((0, p)), weights=w, tau=math.nan)
+    var = _variances(cell_draws)
+    tau2 = _between_cell_variance(X, y, var)
+    w = 1.0 / (var + tau2)
+    beta = _solve(X, y[None], w[None])[0]
+    Y = cell_draws + rng.normal(0.0, math.sqrt(tau2), cell_draws.shape) if tau2 > 0 else cell_draws
+    finite = np.isfinite(Y)
+    draws = _solve(X, np.where(finite, Y, 0.0), np.where(finite, w[None], 0.0))
+    draws[finite.sum(1) < p] = np.nan
+    return _LawFit(beta=beta, draws=draws, weights=w, tau=math.sqrt(tau2))
+
+
+def _power_law(x: np.ndarray, y: np.ndarray, fit: _LawFit, *, method: str, name: str, x_name: str,
+               y_name: str) -> PowerLawFit:
+    """A PowerLawFit y = coef x^exponent from a regression of log10 y on [1, log10 x] across cells."""
+    draws = {"coef": 10 ** fit.draws[:, 0], "exponent": fit.draws[:, 1]} if len(fit.draws) else None
+    return power_law_result(x, y, float(10 ** fit.beta[0]), float(fit.beta[1]), draws=draws, weights=fit.weights,
+                            method=method, exponent_range=HYPERPARAM_EXPONENT, name=name, x_name=x_name,
+                            y_name=y_name, diagnostics={"between_cell_sd_decades": fit.tau},
+                            undetermined_reason="" if draws else NO_DRAWS)
+
+
+def _steplaw_fit(N: np.ndarray, D: np.ndarray, y: np.ndarray, cell_draws: np.ndarray, method: str,
+                 rng: np.random.Generator) -> StepLawFit:
+    """lr = c N^p D^q by the cross-cell regression of log10 lr_opt on [1, log10 N, log10 D]."""
+    X = np.column_stack([np.ones_like(N), np.log10(N), np.log10(D)])
+    fit = _cross_cell_law(X, y, cell_draws, rng)
+    params = {"c": float(10 ** fit.beta[0]), "p": float(fit.beta[1]), "q": float(fit.beta[2])}
+    if len(fit.draws):
+        draws = {"c": 10 ** fit.draws[:, 0], "p": fit.draws[:, 1], "q": fit.draws[:, 2]}
+        intervals = {k: interval_from_draws(v, method=method) for k, v in draws.items()}
+    else:
+        draws, intervals = {}, {k: Interval.undetermined(NO_DRAWS) for k in params}
+    unreliable = unreliable_reasons(params, intervals, exponents={"p": HYPERPARAM_EXPONENT, "q": HYPERPARAM_EXPONENT})
+    diagnostics = {"n_points": len(y), "between_cell_sd_decades": fit.tau, "bootstrap": method}
+    return StepLawFit(params=params, intervals=intervals, draws=draws, diagnostics=diagnostics,
+                      unreliable=unreliable, name="Step-Law lr(N, D)")
+
+
+# ---------------------------------------------------------------- results
+
+
+@dataclass(eq=False, repr=False)
 class StepLawFit(FitResult):
-    """lr = c·N^p·D^q (N in params, D in tokens) fitted to near-optimal runs; samples (n_boot x 3) of (c, p, q)."""
+    """lr = c N^p D^q (N in params, D in tokens) fitted to the located optima of scanned cells."""
 
-    samples: np.ndarray | None = None
+    kind: ClassVar[str] = "steplaw"
+    positive_params: ClassVar[tuple[str, ...]] = ("c",)
 
     def predict(self, N, D):
-        """Learning rate c·N^p·D^q."""
+        """Learning rate c N^p D^q."""
         p = self.params
         return p["c"] * np.asarray(N, float) ** p["p"] * np.asarray(D, float) ** p["q"]
 
-    def summary(self) -> str:
+    def predict_samples(self, N, D) -> np.ndarray:
+        """The same through every draw: shape (n_draws, *broadcast shape of N, D)."""
+        N, D = np.broadcast_arrays(np.asarray(N, float), np.asarray(D, float))
+        if not self.draws:
+            return np.empty((0, *N.shape))
+        shape = (-1,) + (1,) * N.ndim
+        c, p, q = (np.asarray(self.draws[k], float).reshape(shape) for k in ("c", "p", "q"))
+        return c * N[None] ** p * D[None] ** q
+
+    def headline(self) -> str:
         p = self.params
-        head = f"{self.name}: lr = {p['c']:.4g} · N^{p['p']:.4f} · D^{p['q']:.4f} (N in params, D in tokens)"
-        return "\n".join(summary_lines(self, head, ["n_runs", "n_groups", "rmse_log"]))
-
-    def to_dict(self) -> dict:
-        d = super().to_dict()
-        d["samples"] = round_samples(self.samples)
-        return d
+        return f"{self.name}: lr = {p['c']:.4g} · N^{p['p']:.4f} · D^{p['q']:.4f} (N in params, D in tokens)"
 
 
-@dataclass(repr=False, eq=False)
+@dataclass(eq=False, repr=False)
 class HyperparamFit(FitResult):
-    """Optimal-hyperparameter laws. params: lr_coef, lr_exponent (+ batch_coef, batch_exponent when fitted).
+    """Optimal-hyperparameter laws. params: lr_coef, lr_exponent (+ batch_coef, batch_exponent; steplaw_c,
+    steplaw_p, steplaw_q; batch_D_coef, batch_D_exponent when fitted), draws by the same names.
 
-    .budgets: per-budget optima (lr_opt, batch_opt with 95% intervals, flags, surface coefficients);
-    .lr_opt, .batch_opt (None when fewer than 2 budgets vary the batch size): PowerLawFit in C [FLOPs];
-    .steplaw: StepLawFit or None when N and D do not vary independently; .samples (n_boot x n_params).
+    .lr_opt, .batch_opt: PowerLawFit in C [FLOPs] over the compute-optimal cells (batch_opt None without a batch
+    grid); .batch_D: PowerLawFit of B_opt [tokens] in D [tokens] over all cells with a batch grid; .steplaw:
+    StepLawFit lr(N, D) or None (diagnostics["steplaw"] says why); .cells: the per-cell table (optimum, interval,
+    flags, which laws use it, its quadratic); .points: each cell's measured points (replicates averaged).
     """
 
-    budgets: pd.DataFrame = field(default_factory=pd.DataFrame)
+    kind: ClassVar[str] = "hyperparams"
+    fit_members: ClassVar[tuple[str, ...]] = ("lr_opt", "batch_opt", "batch_D", "steplaw")
+    table_members: ClassVar[tuple[str, ...]] = ("cells", "points")
+    positive_params: ClassVar[tuple[str, ...]] = ("lr_coef",)
+    optional_positive: ClassVar[tuple[str, ...]] = ("batch_coef", "batch_D_coef", "steplaw_c")
+    cell_columns: ClassVar[tuple[str, ...]] = ("cell", "N", "D", "C", "scanned", "compute_optimal", "flags",
+                                               "lr_opt", "used_lr_C")
+    summary_keys: ClassVar[tuple[str, ...]] = ("n_cells", "n_scanned", "n_used_lr", "n_used_batch")
+
     lr_opt: PowerLawFit | None = None
     batch_opt: PowerLawFit | None = None
+    batch_D: PowerLawFit | None = None
     steplaw: StepLawFit | None = None
-    samples: np.ndarray | None = None
+    cells: pd.DataFrame = field(default_factory=pd.DataFrame)
+    points: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    @classmethod
+    def _from_dict(cls, d: dict) -> HyperparamFit:
+        """The base reader, then what is particular to this result: its lr law and per-cell table must be there,
+        and every coefficient that is present must be positive."""
+        fit = super()._from_dict(d)
+        for k in cls.optional_positive:
+            if k in fit.params and not fit.params[k] > 0:
+                raise ConfigError(f"hyperparams.params.{k}", "a positive number", fit.params[k])
+        if not isinstance(fit.lr_opt, PowerLawFit):
+            raise ConfigError("hyperparams.lr_opt", "the lr_opt(C) law (a power_law result)", type(fit.lr_opt).__name__)
+        missing = [c for c in cls.cell_columns if c not in fit.cells.columns]
+        if missing:
+            raise ConfigError("hyperparams.cells", f"a per-cell table with columns {list(cls.cell_columns)}",
+                              f"missing {missing}")
+        return fit
 
     def predict(self, C) -> dict:
-        """Optimal peak lr and batch size [tokens] at C [FLOPs] (batch_size None without a batch law)."""
-        return {"lr": self.lr_opt.predict(C),
-                "batch_size": None if self.batch_opt is None else self.batch_opt.predict(C)}
+        """Optimal peak lr and batch size [tokens] at C [FLOPs]: {"lr_opt", "batch_opt"} (None without a law)."""
+        return {"lr_opt": self.lr_opt.predict(C),
+                "batch_opt": None if self.batch_opt is None else self.batch_opt.predict(C)}
+
+    def predict_samples(self, C) -> dict:
+        """The same through every draw: arrays of shape (n_draws, *C.shape) (batch_opt None without a law)."""
+        return {"lr_opt": self.lr_opt.predict_samples(C),
+                "batch_opt": None if self.batch_opt is None else self.batch_opt.predict_samples(C)}
+
+    def headline(self) -> str:
+        return (f"{self.name}: lr_opt in peak learning rate, batch in tokens, C in FLOPs "
+                f"(optimum located per (N, D) cell; laws across the compute-optimal cells)")
 
     def summary(self) -> str:
-        head = f"{self.name} ({self.diagnostics.get('method')}): lr in peak learning rate, batch in tokens, C in FLOPs"
-        lines = summary_lines(self, head, ["n_budgets", "n_used_lr", "n_used_batch", "tolerance"])
-        lines.append("  per budget:      C [FLOPs]   lr_opt (95% CI)                  batch_opt [tokens]   flags")
-        for r in self.budgets.itertuples():
-            lines.append(f"    {r.budget:14.4g}   {r.lr_opt:.4g} [{r.lr_lo:.3g}, {r.lr_hi:.3g}]   "
-                         f"{r.batch_opt:12.4g} [{r.batch_lo:.3g}, {r.batch_hi:.3g}]   {','.join(r.flags) or '-'}")
-        for law in (self.lr_opt, self.batch_opt, self.steplaw):
+        lines = super().summary().splitlines()
+        lines.append("  per cell:  N [params]  D [tokens]  C [FLOPs]   lr_opt (95% CI, draws ok)       "
+                     "batch_opt [tokens]   flags / use")
+        for r in self.cells.to_dict("records"):
+            lr = _describe_cell(r, "lr")
+            b = _describe_cell(r, "batch") if r.get("two_d") else "-"
+            use = "compute-optimal" if r.get("compute_optimal") else ""
+            lines.append(f"    {r['N']:10.3g}  {r['D']:10.3g}  {r['C']:9.3g}   {lr:32s} {b:20s} "
+                         f"{','.join(r['flags']) or '-'} {use}")
+        for law in (self.lr_opt, self.batch_opt, self.batch_D, self.steplaw):
             if law is not None:
-                lines.append("  " + law.summary().splitlines()[0])
+                lines.append("  " + law.headline())
         if self.steplaw is None and self.diagnostics.get("steplaw"):
             lines.append(f"  Step-Law form: {self.diagnostics['steplaw']}")
         return "\n".join(lines)
 
-    def to_dict(self) -> dict:
-        d = super().to_dict()
-        d["samples"] = round_samples(self.samples)
-        d["budgets"] = json_safe(self.budgets.to_dict(orient="records"))
-        for name in ("lr_opt", "batch_opt", "steplaw"):
-            law = getattr(self, name)
-            d[name] = None if law is None else law.to_dict()
-        return d
+
+def _describe_cell(row: dict, what: str) -> str:
+    value = row.get(f"{what}_opt")
+    if value is None or not math.isfinite(value):
+        return "no optimum"
+    lo, hi = row.get(f"{what}_lo"), row.get(f"{what}_hi")
+    counts = f"({row.get(f'{what}_n_ok', 0)}/{row.get(f'{what}_n_total', 0)})"
+    if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)):
+        return f"{value:.3g} undetermined {counts}"
+    return f"{value:.3g} [{lo:.3g}, {hi:.3g}] {counts}"
 
 
-def _interval(samples: np.ndarray) -> tuple[float, float]:
-    s = samples[np.isfinite(samples)]
-    if s.size < 2:
-        return (np.nan, np.nan)
-    lo, hi = np.percentile(s, [2.5, 97.5])
-    return (10 ** lo, 10 ** hi)
+def cell_loss_curve(row, lr) -> np.ndarray:
+    """Fitted loss of one cell (a row of HyperparamFit.cells, as a dict) at learning rates `lr`, along the cell's
+    optimal batch size for an (lr x batch) scan; NaN for a cell without a fit. The cell quadratic's one home."""
+    u = np.log10(np.asarray(lr, float))
+    coef = np.asarray([np.nan if c is None else c for c in (row.get("surface_coef") or [])], float)
+    if coef.size not in (3, 6) or not np.isfinite(coef).all():
+        return np.full(u.shape, np.nan)
+    mu, mv = (np.nan if c is None else float(c) for c in row["center_log10"])
+    v = None if coef.size == 3 else np.full(u.shape, math.log10(row["batch_opt"]) - mv if row.get("batch_opt") else
+                                            np.nan)
+    return np.exp(_design(u.ravel() - mu, None if v is None else v.ravel()) @ coef).reshape(u.shape)
 
 
-def _budget_table(opts: list[_Optimum], method: str) -> pd.DataFrame:
-    rows = []
-    for o in opts:
-        lr_lo, lr_hi = _interval(o.boot_u)
-        b_lo, b_hi = _interval(o.boot_v) if o.varies_batch else (np.nan, np.nan)
-        rows.append({"budget": o.budget, "lr_opt": 10 ** o.u, "lr_lo": lr_lo, "lr_hi": lr_hi,
-                     "batch_opt": 10 ** o.v, "batch_lo": b_lo, "batch_hi": b_hi, "loss_opt": o.loss,
-                     "n_points": o.n_points, "n_lr": o.n_lr, "n_batch": o.n_batch, "flags": list(o.flags),
-                     "method": method, "surface_coef": o.coef, "center_log10_lr_batch": list(o.center)})
-    return pd.DataFrame(rows)
+# ---------------------------------------------------------------- the fit
 
 
-def _law(opts, key: str, n_boot: int, name: str, y_name: str) -> PowerLawFit:
-    C = np.array([o.budget for o in opts])
-    est = np.array([getattr(o, key) for o in opts])
-    samples = None
-    if n_boot:
-        boot = np.stack([getattr(o, f"boot_{key}") for o in opts], 1)
-        bi, bs = weighted_line(np.log10(C), boot, np.ones_like(boot))
-        samples = np.column_stack([10 ** bi, bs])
-    i0, s0 = weighted_line(np.log10(C), est, np.ones(len(opts)))
-    return power_law_result(C, 10 ** est, float(10 ** i0), float(s0), samples, name=name, x_name="C [FLOPs]",
-                            y_name=y_name, bootstrap="runs within budgets")
+def _cell_table(runs: pd.DataFrame, points: pd.DataFrame, cells: list[_Cell], unscanned: dict[int, str]):
+    """One row per cell (scanned or not): size, budget, optimum, interval, flags."""
+    by_cell = runs.groupby("cell")
+    table = pd.DataFrame({"cell": by_cell.size().index.to_numpy(), "N": by_cell["N"].median().to_numpy(),
+                          "D": by_cell["D"].median().to_numpy(), "C": by_cell["C"].median().to_numpy(),
+                          "budget": by_cell["budget"].median().to_numpy(), "n_runs": by_cell.size().to_numpy(),
+                          "n_lr": by_cell["lr"].nunique().to_numpy(),
+                          "n_batch": by_cell["batch_size"].nunique().to_numpy(),
+                          "best_loss": points.groupby("cell")["loss"].min().to_numpy()})
+    table["budget_group"] = _cell_budgets(table)
+    table["scanned"] = table["cell"].isin([c.index for c in cells])
+    rows = {c.index: c for c in cells}
+    records = []
+    for idx in table["cell"]:
+        c = rows.get(idx)
+        if c is None:
+            records.append({"two_d": False, "lr_opt": math.nan, "batch_opt": math.nan, "loss_opt": math.nan,
+                            "flags": [], "not_scanned": unscanned.get(int(idx), ""), "method": "none"})
+            continue
+        lr_iv, b_iv = _cell_interval(c.u_draws, c), _cell_interval(c.v_draws, c) if c.two_d else None
+        flags = list(c.flags)
+        located = "not_convex" not in flags and not c.reason  # draws were made, so failures mean a weak optimum
+        if located and not lr_iv.determined:
+            flags.append("lr_undetermined")
+        if located and c.two_d and not b_iv.determined:
+            flags.append("batch_undetermined")
+        rec = {"two_d": c.two_d, "lr_opt": 10 ** c.u_opt, "lr_lo": lr_iv.lo, "lr_hi": lr_iv.hi,
+               "lr_n_ok": lr_iv.n_ok, "lr_n_total": lr_iv.n_total, "lr_reason": lr_iv.reason,
+               "batch_opt": 10 ** c.v_opt if c.two_d else c.batch, "loss_opt": math.exp(c.lnL_opt),
+               "flags": flags, "not_scanned": "", "method": c.method, "n_points": int(c.y.size),
+               "surface_coef": [float(v) for v in c.coef], "center_log10": [c.center[0], c.center[1]]}
+        if c.two_d:
+            rec.update(batch_lo=b_iv.lo, batch_hi=b_iv.hi, batch_n_ok=b_iv.n_ok, batch_n_total=b_iv.n_total,
+                       batch_reason=b_iv.reason)
+        records.append(rec)
+    return pd.concat([table, pd.DataFrame.from_records(records)], axis=1)
 
 
-def fit_steplaw(df: pd.DataFrame, *, tolerance: float = 0.0025, n_boot: int = 1000, seed: int = 0) -> StepLawFit:
-    """lr = c·N^p·D^q by least squares of log lr on (log N, log D) over near-optimal runs.
-
-    Runs are grouped by (N, D); in each group the runs within `tolerance` of the group's best loss are
-    near-optimal. Needs (log N, log D) to vary independently across groups (rank 3), else ConfigError.
-    Bootstrap resamples the near-optimal runs.
-    """
-    require_columns(df, ["N", "D", "lr", "loss"], "Step-Law lr(N, D)")
-    key = np.round(np.log10(df["N"].to_numpy(float)), 3) * 1e4 + np.round(np.log10(df["D"].to_numpy(float)), 3)
-    loss = df["loss"].to_numpy(float)
-    near = np.zeros(len(df), bool)
-    for g in np.unique(key):
-        m = key == g
-        near |= m & (loss <= loss[m].min() * (1 + tolerance))
-    sub = df[near]
-    X = np.column_stack([np.ones(len(sub)), np.log10(sub["N"].to_numpy(float)), np.log10(sub["D"].to_numpy(float))])
-    y = np.log10(sub["lr"].to_numpy(float))
-    n_groups = np.unique(key[near]).size
-    if n_groups < 3 or np.linalg.matrix_rank(X) < 3:
-        raise ConfigError("Step-Law lr(N, D)", "near-optimal runs at >= 3 (N, D) pairs where N and D vary "
-                          "independently (not one D per N)", f"{n_groups} pairs, rank {np.linalg.matrix_rank(X)}")
-    beta = np.linalg.lstsq(X, y, rcond=None)[0]
-    samples = None
-    if n_boot:
-        W = bootstrap_counts(len(sub), n_boot, seed).astype(float)
-        A = np.einsum("bn,ni,nj->bij", W, X, X)
-        rhs = np.einsum("bn,ni,n->bi", W, X, y)
-        s = np.linalg.svd(A, compute_uv=False)
-        ok = s[:, -1] > 1e-10 * s[:, 0]
-        bb = np.full((n_boot, 3), np.nan)
-        bb[ok] = np.linalg.solve(A[ok], rhs[ok][..., None])[..., 0]
-        samples = np.column_stack([10 ** bb[:, 0], bb[:, 1], bb[:, 2]])
-    params = {"c": float(10 ** beta[0]), "p": float(beta[1]), "q": float(beta[2])}
-    intervals, stderr = samples_summary(samples, list(params))
-    rmse = float(np.sqrt(np.mean((y - X @ beta) ** 2)) * np.log(10))
-    return StepLawFit(params=params, intervals=intervals, stderr=stderr, n_boot=n_boot,
-                      diagnostics={"n_runs": len(sub), "n_groups": int(n_groups), "rmse_log": rmse,
-                                   "tolerance": tolerance}, samples=samples, name="Step-Law lr(N, D)")
+def _law_method(cells: list[_Cell]) -> str:
+    """Interval method of a law: its cells' bootstrap, or both kinds joined when the cells differ."""
+    kinds = sorted({c.method for c in cells})
+    return kinds[0] if len(kinds) == 1 else "+".join(kinds)
 
 
-def fit_hyperparams(df: pd.DataFrame, *, method: str = "quadratic", tolerance: float = 0.0025, n_boot: int = 1000,
-                    seed: int = 0) -> HyperparamFit:
-    """Per-budget optimal lr and batch size [tokens], then lr_opt(C) and B_opt(C) power laws across budgets.
+def _law_inputs(rows: pd.DataFrame, by_index: dict[int, _Cell], what: str, n_boot: int):
+    """log10 optima of the rows' cells, their draws (n_boot x cells) and the interval method."""
+    cells = [by_index[int(i)] for i in rows["cell"]]
+    y = np.log10(rows[f"{what}_opt"].to_numpy(float))
+    if n_boot == 0:
+        return y, np.empty((0, len(cells))), "none"
+    draws = np.stack([c.u_draws if what == "lr" else c.v_draws for c in cells], axis=1)
+    return y, draws, _law_method(cells)
 
-    df: runs with lr, batch_size (tokens), loss and budget (or C). Flags per budget: edge_lr / edge_batch (best
-    run or optimum at the edge of the grid), not_convex, too_few_points (quadratic needs >= 3 lr values, and
-    >= 6 runs for a surface). Flagged budgets are left out of the law they concern; lr_opt needs >= 2 budgets,
-    B_opt is fitted only when >= 2 unflagged budgets vary the batch size. The Step-Law form is added when N and
-    D vary independently (see fit_steplaw); otherwise diagnostics["steplaw"] says why not.
-    """
-    require_columns(df, ["lr", "batch_size", "loss"], "hyperparams")
-    if method not in ("quadratic", "within"):
-        raise ConfigError("method", '"quadratic" or "within"', method)
-    if not tolerance > 0:
-        raise ConfigError("tolerance", "a positive relative loss tolerance (e.g. 0.0025 = 0.25%)", tolerance)
-    df = df.copy(deep=False)
-    df.attrs = {}
-    for col in ("lr", "batch_size", "loss"):
-        vals = pd.to_numeric(df[col], errors="coerce").to_numpy(float)
-        if not np.all(np.isfinite(vals) & (vals > 0)):
-            raise ConfigError(f"hyperparams: column {col}", "positive finite values",
-                              f"{int((~(np.isfinite(vals) & (vals > 0))).sum())} bad rows")
-    budget = budgets_of(df, need=2, what="hyperparameter laws across budgets")
-    u, v = np.log10(df["lr"].to_numpy(float)), np.log10(df["batch_size"].to_numpy(float))
-    y = df["loss"].to_numpy(float)
-    counts = bootstrap_counts(len(df), n_boot, seed, strata=budget)
-    opts = [_budget_optimum(float(c), u[budget == c], v[budget == c], y[budget == c], counts[:, budget == c],
-                            method, tolerance) for c in np.unique(budget)]
-    lr_ok = [o for o in opts if not {"edge_lr", "not_convex", "too_few_points"} & set(o.flags)]
-    b_ok = [o for o in opts if o.varies_batch and not {"edge_batch", "not_convex", "too_few_points"} & set(o.flags)]
-    if len(lr_ok) < 2:
-        raise ConfigError("hyperparams budgets", "at least 2 budgets whose lr optimum is interior to an lr grid of "
-                          ">= 3 values", {f"{o.budget:.3g}": o.flags for o in opts if o.flags})
-    lr_law = _law(lr_ok, "u", n_boot, "lr_opt(C)", "lr_opt")
-    b_law = _law(b_ok, "v", n_boot, "B_opt(C)", "B_opt [tokens]") if len(b_ok) >= 2 else None
-    params = {"lr_coef": lr_law.params["coef"], "lr_exponent": lr_law.params["exponent"]}
-    cols = [lr_law.samples] if n_boot else []
-    if b_law is not None:
-        params.update(batch_coef=b_law.params["coef"], batch_exponent=b_law.params["exponent"])
-        if n_boot:
-            cols.append(b_law.samples)
-    samples = np.column_stack(cols) if cols else None
-    intervals, stderr = samples_summary(samples, list(params))
-    diagnostics = {"method": method, "tolerance": tolerance, "n_budgets": len(opts), "n_used_lr": len(lr_ok),
-                   "n_used_batch": len(b_ok), "bootstrap": "runs within budgets",
-                   "flagged": {f"{o.budget:.4g}": o.flags for o in opts if o.flags}}
-    steplaw = None
-    if "N" in df.columns and "D" in df.columns:
-        try:
-            steplaw = fit_steplaw(df, tolerance=tolerance, n_boot=n_boot, seed=seed)
-        except ConfigError as err:
-            diagnostics["steplaw"] = f"not fitted: {err}"
+
+def _flag_mask(table: pd.DataFrame, flags: frozenset) -> pd.Series:
+    return table["flags"].map(lambda f: not (flags & set(f)))
+
+
+def _laws(table: pd.DataFrame, by_index: dict[int, _Cell], n_boot: int, rng: np.random.Generator) -> tuple[dict, dict]:
+    """The laws across cells ({member: fit or None}) and diagnostics saying which cells each used, or why not."""
+    lr_ok = table["scanned"] & _flag_mask(table, LR_FLAGS)
+    b_ok = table["scanned"] & table["two_d"].astype(bool) & _flag_mask(table, BATCH_FLAGS)
+    table["used_lr_C"] = lr_ok & table["compute_optimal"]
+    table["used_batch_C"] = b_ok & table["compute_optimal"]
+    rows = table[table["used_lr_C"]]
+    if rows["C"].nunique() < MIN_LAW_CELLS:
+        raise ConfigError("hyperparams cells", f"compute-optimal cells at >= {MIN_LAW_CELLS} budgets with a located, "
+                          "interior LR optimum", {f"N={r.N:.3g} D={r.D:.3g}": r.flags or r.not_scanned
+                                                  for r in table.itertuples() if r.compute_optimal or r.flags})
+
+    def power(rows: pd.DataFrame, x_col: str, what: str, name: str, y_name: str) -> PowerLawFit:
+        y, draws, method = _law_inputs(rows, by_index, what, n_boot)
+        x = rows[x_col].to_numpy(float)
+        fit = _cross_cell_law(np.column_stack([np.ones_like(x), np.log10(x)]), y, draws, rng)
+        x_name = "C [FLOPs]" if x_col == "C" else "D [tokens]"
+        return _power_law(x, 10 ** y, fit, method=method, name=name, x_name=x_name, y_name=y_name)
+
+    laws = {"lr_opt": power(rows, "C", "lr", "lr_opt(C)", "lr_opt"), "batch_opt": None, "batch_D": None,
+            "steplaw": None}
+    diag = {"n_used_lr": len(rows), "n_used_batch": int(table["used_batch_C"].sum())}
+    if table.loc[table["used_batch_C"], "C"].nunique() >= MIN_LAW_CELLS:
+        laws["batch_opt"] = power(table[table["used_batch_C"]], "C", "batch", "B_opt(C)", "B_opt [tokens]")
     else:
-        diagnostics["steplaw"] = "not fitted: needs N and D columns"
-    return HyperparamFit(params=params, intervals=intervals, stderr=stderr, n_boot=n_boot, diagnostics=diagnostics,
-                         name="hyperparameter laws", budgets=_budget_table(opts, method), lr_opt=lr_law,
-                         batch_opt=b_law, steplaw=steplaw, samples=samples)
+        diag["batch_opt"] = f"not fitted: {diag['n_used_batch']} compute-optimal cells with a batch-size optimum"
+    table["used_batch_D"] = b_ok if table.loc[b_ok, "D"].nunique() >= MIN_LAW_CELLS else False
+    if table["used_batch_D"].any():
+        laws["batch_D"] = power(table[table["used_batch_D"]], "D", "batch", "B_opt(D)", "B_opt [tokens]")
+    step = table[lr_ok]
+    centred = np.log10(step[["N", "D"]].to_numpy(float))
+    rank = int(np.linalg.matrix_rank(centred - centred.mean(0))) + 1 if len(step) else 0
+    table["used_steplaw"] = lr_ok if len(step) >= MIN_STEPLAW_CELLS and rank == 3 else False
+    if table["used_steplaw"].any():
+        y, draws, method = _law_inputs(step, by_index, "lr", n_boot)
+        laws["steplaw"] = _steplaw_fit(step["N"].to_numpy(float), step["D"].to_numpy(float), y, draws, method, rng)
+        diag["steplaw"] = f"fitted over {len(step)} cells"
+    else:
+        diag["steplaw"] = (f"not fitted: needs >= {MIN_STEPLAW_CELLS} usable cells where N and D vary "
+                           f"independently; got {len(step)} cells, design rank {rank}")
+    return laws, diag
+
+
+PREFIXES = {"lr_opt": "lr", "batch_opt": "batch", "batch_D": "batch_D", "steplaw": "steplaw"}  # member -> params
+
+
+def fit_hyperparams(df: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0, cell_bootstrap: str = "auto"
+                    ) -> HyperparamFit:
+    """Optimal peak lr (and batch size [tokens]) per (N, D) cell, then lr_opt(C), B_opt(C), B(D) and lr(N, D).
+
+    df: runs with N [params], D [tokens], lr, loss (+ batch_size [tokens], C [FLOPs], budget [FLOPs], seed; any
+    `kind` column is ignored: cells are defined by N and D). cell_bootstrap: "auto" (runs when a cell has >=
+    RUN_BOOTSTRAP_MIN_RUNS runs and that succeeds in >= 90% of draws, else residual), "runs" or "residual".
+    Raises ConfigError when no cell scans >= MIN_SCAN learning rates ("no LR scan: one LR per cell"), or when fewer
+    than MIN_LAW_CELLS budgets have a compute-optimal cell with a located, interior LR optimum.
+    """
+    if cell_bootstrap not in ("auto", "runs", "residual"):
+        raise ConfigError("cell_bootstrap", '"auto", "runs" or "residual"', cell_bootstrap)
+    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 0:
+        raise ConfigError("n_boot", "a non-negative number of resamples", n_boot)
+    runs = _prepare(df)
+    points, replicate_noise = collapse_replicates(runs[["cell", "lr", "batch_size", "loss"]],
+                                                  keys=("cell", "lr", "batch_size"))
+    cells, unscanned = _build_cells(points)
+    if not cells:
+        raise _scan_refusal(points)
+    resid = [c.fit() for c in cells]
+    noise, boot_noise = _noise(replicate_noise, cells, resid)
+    rng = np.random.default_rng(seed)
+    _locate(cells, runs, boot_noise, int(n_boot), cell_bootstrap, rng)
+    table = _cell_table(runs, points, cells, unscanned)
+    table["compute_optimal"], offsets = _compute_optimal(table)
+    laws, law_diag = _laws(table, {c.index: c for c in cells}, int(n_boot), rng)
+    params, draws, intervals, unreliable = {}, {}, {}, {}
+    for member, law in laws.items():
+        if law is None:
+            continue
+        prefix = PREFIXES[member]
+        params.update({f"{prefix}_{k}": v for k, v in law.params.items()})
+        draws.update({f"{prefix}_{k}": v for k, v in law.draws.items()})
+        intervals.update({f"{prefix}_{k}": v for k, v in law.intervals.items()})
+        unreliable.update({f"{prefix}_{k}": v for k, v in law.unreliable.items()})
+    _mark_span(laws["lr_opt"], float(table.loc[table["used_lr_C"], "C"].max()), intervals, unreliable)
+    diagnostics = {"n_cells": len(table), "n_scanned": int(table["scanned"].sum()), **law_diag,
+                   "cell": "(N, D) pair", "min_scan": MIN_SCAN, "compute_optimal_offset_decades": offsets,
+                   "noise_for_bootstrap": boot_noise.to_dict(),
+                   "flagged": {f"N={r.N:.4g} D={r.D:.4g}": r.flags for r in table.itertuples() if r.flags}}
+    return HyperparamFit(params=params, intervals=intervals, draws=draws, diagnostics=json_safe(diagnostics),
+                         noise=noise.to_dict(), unreliable=unreliable, name="hyperparameter laws",
+                         cells=table.drop(columns=["budget_group"]),
+                         points=points.rename(columns={"loss": "loss_mean"}).reset_index(drop=True), **laws)
+
+
+def _mark_span(lr_law: PowerLawFit, C: float, intervals: dict, unreliable: dict) -> None:
+    """Add lr_opt at the largest budget a law used, with its interval; unreliable when it spans > 10x."""
+    draws = lr_law.predict_samples(np.array(C))
+    name = "lr_opt_at_largest_budget"
+    if draws.size == 0:
+        intervals[name] = Interval.undetermined(NO_DRAWS)
+        return
+    intervals[name] = interval_from_draws(draws, method=lr_law.intervals["exponent"].method)
+    unreliable.update(unreliable_reasons({}, intervals, spans=(name,)))

@@ -1,121 +1,255 @@
-"""analysis.hyperparams: optimal lr / batch-size laws from simulated LR x batch grids."""
+"""analysis.hyperparams: LR / batch optima located per (N, D) cell, and their laws across cells, on simulated scans."""
 
 import json
 
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.figure import Figure
 
-from analysis.hyperparams import fit_hyperparams, fit_steplaw
+from analysis.hyperparams import HyperparamFit, StepLawFit, cell_ids, fit_hyperparams
+from analysis.plots import plot_hyperparams
+from analysis.result import FitResult
 from scaling.errors import ConfigError
 
-# DeepSeek-LLM-like laws: lr*(C) = 0.3118·C^-0.125, B*(C) = 0.292·C^0.3271 (tokens)
-LR_COEF, LR_EXP, B_COEF, B_EXP = 0.3118, -0.125, 0.292, 0.3271
-BUDGETS = np.geomspace(1e17, 1e20, 4)
-C1, C2 = 0.02, 0.01  # loss curvature per (ln lr)^2 and per (ln B)^2
+# lr*(N, D) = 1.79 N^-0.713 D^0.307 (Step Law, Li et al. 2025); B*(C) = 0.292 C^0.3271 tokens (DeepSeek LLM, 2024)
+LR_C, LR_P, LR_Q = 1.79, -0.713, 0.307
+B_C, B_E = 0.292, 0.3271
+N0 = 0.1  # the simulated budgets' compute-optimal size: N_opt = N0 * C^0.5 (C = 6 N D)
+LR_EXP = 0.5 * (LR_P + LR_Q)  # lr_opt(C) along that path: -0.203
+BUDGETS = np.geomspace(1e17, 1e19, 4)
+LR_CURV, B_CURV = 0.05, 0.03  # relative loss increase per squared decade off the optimal lr / batch size
 
 
-def grid(noise=0.002, seed=0, lr_shift=(0, 0, 0, 0), b_shift=(0, 0, 0, 0), n_batch=5):
-    """Runs on a 7 x n_batch (lr x batch) grid per budget, factor-2 spacing; grid centres are offset from the
-    optimum by a random fraction of a step (plus lr_shift / b_shift decades) so optima fall between grid points."""
+def lr_star(N, D):
+    return LR_C * N ** LR_P * D ** LR_Q
+
+
+def true_lr_opt(C):
+    N = N0 * np.asarray(C, float) ** 0.5
+    return lr_star(N, C / (6 * N))
+
+
+def scan_sweep(seed=0, *, budgets=BUDGETS, sizes=(-0.4, 0.0, 0.4), n_lr=7, n_seeds=1, noise=0.004, n_batch=0,
+               scanned_sizes=None, lr_shift=None, batch_size=2 ** 20):
+    """Runs of an LR (x batch) scan in every (budget, size) cell. Sizes are decades off N_opt = N0 C^0.5, which is
+    the loss-optimal size of each budget (the loss is 2.5 + 0.3 s^2 at the optimal lr). Each cell's lr grid spans
+    +-0.75 decades around lr*(N, D) shifted by U(-0.15, 0.15) (+ lr_shift[(budget index, size index)] decades);
+    scanned_sizes: size indices that get a scan (the others train once, at lr*); n_batch > 0 adds a batch grid
+    (+-0.6 decades around B*(C)). Noise: relative (log-normal) sd `noise`, n_seeds replicates per point."""
     rng = np.random.default_rng(seed)
     rows = []
-    for C, ls, bs in zip(BUDGETS, lr_shift, b_shift):
-        lr_star, b_star = LR_COEF * C ** LR_EXP, B_COEF * C ** B_EXP
-        lr_c = lr_star * 10 ** (ls + rng.uniform(-0.15, 0.15))
-        b_c = b_star * 10 ** (bs + rng.uniform(-0.15, 0.15))
-        b_factors = 2.0 ** (np.arange(n_batch) - n_batch // 2)
-        for lr in lr_c * 2.0 ** np.arange(-3, 4):
-            for B in b_c * b_factors:
-                L = 2.5 + C1 * np.log(lr / lr_star) ** 2 + C2 * np.log(B / b_star) ** 2 + rng.normal(0, noise)
-                rows.append({"budget": C, "lr": lr, "batch_size": B, "loss": L})
+    for i, C in enumerate(budgets):
+        b_star = B_C * C ** B_E
+        for j, s in enumerate(sizes):
+            N = N0 * C ** 0.5 * 10 ** s
+            D = C / (6 * N)
+            lr0 = lr_star(N, D)
+            scanned = scanned_sizes is None or j in scanned_sizes
+            shift = rng.uniform(-0.15, 0.15) + (lr_shift or {}).get((i, j), 0.0)
+            lrs = lr0 * 10 ** (shift + np.linspace(-0.75, 0.75, n_lr)) if scanned else [lr0]
+            bs = (b_star * 10 ** (rng.uniform(-0.1, 0.1) + np.linspace(-0.6, 0.6, n_batch)) if n_batch and scanned
+                  else [b_star if n_batch else batch_size])
+            for lr in lrs:
+                for B in bs:
+                    clean = (2.5 + 0.3 * s * s) * (1 + LR_CURV * np.log10(lr / lr0) ** 2
+                                                   + (B_CURV * np.log10(B / b_star) ** 2 if n_batch else 0.0))
+                    for r in range(n_seeds):
+                        rows.append({"N": N, "D": D, "C": C, "budget": C, "lr": lr, "batch_size": B, "seed": r,
+                                     "kind": "hparam" if scanned else "isoflop",
+                                     "loss": clean * np.exp(noise * rng.standard_normal())})
     return pd.DataFrame(rows)
 
 
-def test_quadratic_recovers_lr_and_batch_exponents():
-    fit = fit_hyperparams(grid(), n_boot=500)
-    # Noise 0.002 on 35-run grids: per-budget optima are located to ~0.01 decades (bootstrap), so over 3 decades
-    # of C the exponents have SE ~0.003; 0.01 is ~3-4 SE. Intervals must cover the truth.
-    assert fit.params["lr_exponent"] == pytest.approx(LR_EXP, abs=0.01)
-    assert fit.params["batch_exponent"] == pytest.approx(B_EXP, abs=0.015)
-    for name, true in (("lr_exponent", LR_EXP), ("batch_exponent", B_EXP)):
-        lo, hi = fit.intervals[name]
-        assert lo < true < hi, name
-    assert fit.lr_opt.samples.shape == (500, 2) and fit.samples.shape == (500, 4)
-    assert all(f == [] for f in fit.budgets["flags"])
-    pred = fit.predict(1e22)
-    assert pred["lr"] == pytest.approx(LR_COEF * 1e22 ** LR_EXP, rel=0.1)
-    assert pred["batch_size"] == pytest.approx(B_COEF * 1e22 ** B_EXP, rel=0.25)
-
-
-def test_within_tolerance_rule():
-    fit = fit_hyperparams(grid(noise=0.0005), method="within", tolerance=0.003, n_boot=200)
-    # The rule averages the grid points within 0.3% of the best loss; with factor-2 grids this is a coarse,
-    # quantised estimate (per budget within ~0.15 decades), so the exponent is recovered to ~0.05.
+@pytest.mark.parametrize("n_seeds", [1, 3])
+def test_recovers_lr_law_that_drifts_with_C_and_N(n_seeds):
+    fit = fit_hyperparams(scan_sweep(seed=n_seeds, n_seeds=n_seeds), n_boot=400)
+    # 4 budgets x 3 sizes, 7 lrs per cell, 0.4% noise: per-cell optima within ~0.05 decades, so over 2 decades of C
+    # the exponent of lr_opt(C) is within ~0.05 and the Step-Law exponents (12 cells) within ~0.06.
     assert fit.params["lr_exponent"] == pytest.approx(LR_EXP, abs=0.05)
-    assert fit.params["batch_exponent"] == pytest.approx(B_EXP, abs=0.05)
-    assert fit.diagnostics["method"] == "within"
+    assert fit.intervals["lr_exponent"].contains(LR_EXP)
+    assert fit.steplaw is not None
+    assert fit.params["steplaw_p"] == pytest.approx(LR_P, abs=0.06)
+    assert fit.params["steplaw_q"] == pytest.approx(LR_Q, abs=0.06)
+    for name, true in (("steplaw_p", LR_P), ("steplaw_q", LR_Q)):
+        assert fit.intervals[name].contains(true), name
+    # compute-optimal cells are the centre size of each budget; every cell's optimum is near its own lr*(N, D)
+    cells = fit.cells
+    assert list(cells.loc[cells["compute_optimal"], "N"]) == pytest.approx(list(N0 * BUDGETS ** 0.5))
+    located = cells[cells["used_steplaw"]]
+    err = np.log10(located["lr_opt"] / lr_star(located["N"], located["D"]))
+    assert np.abs(err).max() < 0.12 and len(located) >= 10
+    assert fit.predict(1e21)["lr_opt"] == pytest.approx(true_lr_opt(1e21), rel=0.6)
+    assert fit.predict(1e21)["batch_opt"] is None and fit.batch_opt is None
+    assert fit.noise["source"] == ("replicates" if n_seeds > 1 else "residuals")
 
 
-def test_one_dimensional_lr_scan():
-    fit = fit_hyperparams(grid(n_batch=1), n_boot=200)
-    assert fit.batch_opt is None and fit.predict(1e21)["batch_size"] is None
-    assert fit.params["lr_exponent"] == pytest.approx(LR_EXP, abs=0.015)
-    assert "batch_exponent" not in fit.params
+def test_batch_grid_gives_batch_laws():
+    fit = fit_hyperparams(scan_sweep(seed=5, n_lr=6, n_batch=5), n_boot=300)
+    assert fit.batch_opt is not None and fit.batch_D is not None
+    assert fit.params["batch_exponent"] == pytest.approx(B_E, abs=0.06)
+    assert fit.intervals["batch_exponent"].contains(B_E)
+    assert fit.params["lr_exponent"] == pytest.approx(LR_EXP, abs=0.05)
+    pred = fit.predict(np.array([1e20, 1e21]))
+    assert pred["batch_opt"] == pytest.approx(B_C * np.array([1e20, 1e21]) ** B_E, rel=0.5)
+    samples = fit.predict_samples(np.array([1e20, 1e21]))
+    assert samples["lr_opt"].shape == samples["batch_opt"].shape == (300, 2)
+    assert fit.cells["two_d"].all() and fit.cells["method"].eq("bootstrap:runs").all()  # 30 runs per cell
 
 
-def test_edge_lr_and_edge_batch_flags():
-    # budget 2's lr grid sits 1.2 decades below its optimum; budget 3's batch grid 1 decade above its optimum
-    fit = fit_hyperparams(grid(lr_shift=(0, 0, -1.2, 0), b_shift=(0, 0, 0, 1.0)), n_boot=100)
-    flags = list(fit.budgets["flags"])
-    assert "edge_lr" in flags[2] and "edge_batch" in flags[3]
-    assert flags[0] == [] and flags[1] == []
-    assert "edge_lr" not in flags[3]
-    assert fit.diagnostics["n_used_lr"] == 3 and fit.diagnostics["n_used_batch"] == 3
-    assert fit.params["lr_exponent"] == pytest.approx(LR_EXP, abs=0.015)
+def test_no_lr_scan_is_refused():
+    one_lr = scan_sweep(n_lr=1)
+    with pytest.raises(ConfigError, match="no LR scan: one LR per cell"):
+        fit_hyperparams(one_lr, n_boot=0)
+    with pytest.raises(ConfigError, match="no LR scan: at most 2 learning rates per cell"):
+        fit_hyperparams(scan_sweep(n_lr=2), n_boot=0)
+    # runs whose C coincide within a tolerance are not a scan either: 3 sizes per budget, one lr each
+    assert one_lr.groupby("budget")["lr"].nunique().min() == 3
 
 
-def test_steplaw_form_recovered_when_N_and_D_vary_independently():
-    # Step-Law-like lr*(N, D) = 1.79·N^-0.713·D^0.307 on a 3 x 3 grid of (N, D)
-    rng = np.random.default_rng(4)
-    rows = []
-    for N in (1e7, 1e8, 1e9):
-        for D in (1e9, 1e10, 1e11):
-            lr_star = 1.79 * N ** -0.713 * D ** 0.307
-            for lr in lr_star * 10 ** rng.uniform(-0.05, 0.05) * 2.0 ** np.arange(-3, 4):
-                rows.append({"N": N, "D": D, "budget": 6 * N * D, "lr": lr, "batch_size": 2 ** 20,
-                             "loss": 3.0 + C1 * np.log(lr / lr_star) ** 2 + rng.normal(0, 0.0005)})
-    df = pd.DataFrame(rows)
-    step = fit_steplaw(df, tolerance=0.01, n_boot=200)
-    # Near-optimal runs are within one factor-2 step of the optimum, symmetric up to the random grid offset
-    # (+-0.05 decades); across 2 decades of N and D that gives exponents within ~0.05.
-    assert step.params["p"] == pytest.approx(-0.713, abs=0.05)
-    assert step.params["q"] == pytest.approx(0.307, abs=0.05)
-    fit = fit_hyperparams(df, tolerance=0.01, n_boot=100)
-    assert fit.steplaw is not None and fit.steplaw.params["p"] == pytest.approx(step.params["p"])
-    assert fit.steplaw.predict(1e8, 1e10) == pytest.approx(1.79 * 1e8 ** -0.713 * 1e10 ** 0.307, rel=0.3)
+@pytest.mark.slow  # importing the report pulls in torch (~5 s)
+def test_no_lr_scan_is_refused_through_fit_all():
+    from analysis.report import fit_all
+
+    runs = scan_sweep(n_lr=1).drop(columns="kind")
+    rep = fit_all(runs, laws=["hyperparams"], n_boot=0)
+    assert "no LR scan: one LR per cell" in rep.skipped["hyperparams"]
 
 
-def test_steplaw_not_identifiable_is_reported():
-    df = grid()
-    df["N"] = 0.1 * df["budget"] ** 0.5
-    df["D"] = df["budget"] / (6 * df["N"])  # one (N, D) per budget: N and D collinear
-    fit = fit_hyperparams(df, n_boot=0)
-    assert fit.steplaw is None and "not fitted" in fit.diagnostics["steplaw"]
+def test_cells_without_kind_are_the_same():
+    runs = scan_sweep(seed=2, n_seeds=2, scanned_sizes=(1,))  # a scan at the centre size; others train once
+    with_kind = fit_hyperparams(runs, n_boot=100, seed=1)
+    without = fit_hyperparams(runs.drop(columns="kind"), n_boot=100, seed=1)
+    assert len(without.cells) == 12 and without.cells["scanned"].sum() == 4
+    assert without.params == with_kind.params
+    scanned = without.cells[without.cells["scanned"]]
+    assert list(scanned["N"]) == pytest.approx(list(N0 * BUDGETS ** 0.5))
+    assert (scanned["n_lr"] == 7).all()
+    # every size at a budget is its own cell: same C, different (N, D)
+    assert without.cells.groupby("budget").size().eq(3).all()
 
 
-def test_errors_and_serialization():
-    df = grid()
-    with pytest.raises(ConfigError, match="lr"):
-        fit_hyperparams(df.drop(columns="lr"))
-    with pytest.raises(ConfigError, match="at least 2 distinct FLOP budgets"):
-        fit_hyperparams(df[df["budget"] == BUDGETS[0]])
-    with pytest.raises(ConfigError, match="method"):
-        fit_hyperparams(df, method="best")
-    with pytest.raises(ConfigError, match="at least 2 budgets"):
-        fit_hyperparams(grid(lr_shift=(-1.2, -1.2, -1.2, 0)), n_boot=0)
-    fit = fit_hyperparams(df, n_boot=50)
+def test_cells_are_n_d_pairs_not_c_groups():
+    runs = scan_sweep(seed=3)
+    ids = cell_ids(runs)
+    assert len(np.unique(ids)) == 12
+    # a C within 1% of another cell's never joins it: cells follow (N, D), however close their C
+    runs.loc[runs["N"] == runs["N"].min(), "C"] *= 1.01
+    assert (cell_ids(runs) == ids).all()
+
+
+def test_edge_cell_is_flagged_and_left_out_of_the_law():
+    # the compute-optimal cell of budget 2 scans 1.2 decades above its optimum; budget 0's scan has three runs tied
+    # at the lowest loss around an interior optimum, which must not flag it
+    runs = scan_sweep(seed=4, n_seeds=2, lr_shift={(2, 1): 1.2})
+    cell0 = runs[np.isclose(runs["N"], N0 * BUDGETS[0] ** 0.5)]
+    centre = np.sort(cell0["lr"].unique())[2:5]
+    runs.loc[cell0.index[cell0["lr"].isin(centre)], "loss"] = cell0["loss"].min()
+    fit = fit_hyperparams(runs, n_boot=200)
+    cells = fit.cells.set_index(["budget", "N"])
+    edge = cells.loc[(BUDGETS[2], N0 * BUDGETS[2] ** 0.5)]
+    assert "edge_lr" in edge["flags"] and not edge["used_lr_C"] and not edge["used_steplaw"]
+    tied = cells.loc[(BUDGETS[0], N0 * BUDGETS[0] ** 0.5)]
+    assert tied["flags"] == [] and tied["used_lr_C"]
+    assert fit.diagnostics["n_used_lr"] == 3
+    assert fit.params["lr_exponent"] == pytest.approx(LR_EXP, abs=0.08)
+
+
+def test_small_cells_use_the_residual_bootstrap_and_failures_are_counted():
+    fit = fit_hyperparams(scan_sweep(seed=6, n_lr=5), n_boot=200)
+    assert fit.cells["method"].eq("bootstrap:residual").all()  # 5 runs per cell: resampling runs is degenerate
+    assert fit.intervals["lr_exponent"].method == "bootstrap:residual"
+    for r in fit.cells.itertuples():
+        assert r.lr_n_total == 200 and r.lr_n_ok <= 200
+        if r.lr_n_ok >= 180:
+            assert r.lr_lo < r.lr_opt < r.lr_hi
+        else:  # optima of too many draws fell outside the scan: undetermined, not clipped
+            assert np.isnan(r.lr_lo) and "lr_undetermined" in r.flags and r.lr_reason
+    fit3 = fit_hyperparams(scan_sweep(seed=6, n_lr=7, n_seeds=2), n_boot=50)
+    assert fit3.cells["method"].eq("bootstrap:runs").all() and fit3.noise["dof"] == 12 * 7
+
+
+def test_without_resamples_intervals_are_undetermined():
+    fit = fit_hyperparams(scan_sweep(seed=7), n_boot=0)
+    assert all(not iv.determined and "n_boot = 0" in iv.reason for iv in fit.intervals.values())
+    assert "undetermined" in fit.summary()
+    assert fit.cells["lr_lo"].isna().all()
+
+
+def test_round_trip_through_json():
+    fit = fit_hyperparams(scan_sweep(seed=8, n_lr=6, n_batch=4), n_boot=100)
     d = json.loads(json.dumps(fit.to_dict()))
-    assert len(d["lr_opt"]["samples"]) == 50 and d["batch_opt"]["exponent"] == pytest.approx(
-        fit.params["batch_exponent"])
-    assert "tokens" in fit.summary() and "FLOPs" in fit.summary()
+    assert d["kind"] == "hyperparams" and set(d["draws"]) == set(fit.params)
+    back = FitResult.from_dict(d)
+    assert isinstance(back, HyperparamFit) and isinstance(back.steplaw, StepLawFit)
+    C = np.array([1e19, 1e21])
+    for key in ("lr_opt", "batch_opt"):
+        assert back.predict(C)[key] == pytest.approx(fit.predict(C)[key])
+        np.testing.assert_allclose(back.predict_samples(C)[key], fit.predict_samples(C)[key], rtol=1e-12)
+    assert back.intervals == fit.intervals and back.params == fit.params
+    assert back.cells[["N", "D", "lr_opt"]].equals(fit.cells[["N", "D", "lr_opt"]])
+    assert back.summary() == fit.summary()
+    bad = json.loads(json.dumps(d))
+    bad["params"]["batch_coef"] = -1.0
+    with pytest.raises(ConfigError, match="batch_coef"):
+        FitResult.from_dict(bad)
+    bad = json.loads(json.dumps(d))
+    del bad["cells"][0]["flags"]
+    bad["cells"] = [{k: v for k, v in r.items() if k != "flags"} for r in bad["cells"]]
+    with pytest.raises(ConfigError, match="cells"):
+        FitResult.from_dict(bad)
+
+
+@pytest.mark.slow  # 50 fits, ~10 s
+def test_interval_coverage_on_simulated_sweeps():
+    # 50 sweeps (4 budgets, a 6-lr scan at each budget's optimal size, 1-3 seeds, noise 0.3-1%): the 95% interval of
+    # lr_opt at 100x the largest budget must cover the truth in 84-100% of them (5 binomial SEs below 95% is 0.84 at
+    # n = 50) and stay narrow enough to use (median width < 0.6 decades, i.e. a factor of 4).
+    rng = np.random.default_rng(0)
+    target = 100 * BUDGETS[-1]
+    hits, widths = [], []
+    for i in range(50):
+        runs = scan_sweep(seed=100 + i, n_lr=6, n_seeds=int(rng.integers(1, 4)), noise=float(rng.uniform(0.003, 0.01)),
+                          sizes=(-0.4, 0.0, 0.4), scanned_sizes=(1,))
+        fit = fit_hyperparams(runs, n_boot=200, seed=i)
+        draws = fit.predict_samples(np.array(target))["lr_opt"]
+        lo, hi = np.nanpercentile(np.log10(draws), [2.5, 97.5])
+        hits.append(lo <= np.log10(true_lr_opt(target)) <= hi)
+        widths.append(hi - lo)
+    assert 0.84 <= np.mean(hits) <= 1.0
+    assert np.median(widths) < 0.6
+
+
+def test_figure_shows_cells_and_law_and_keeps_axes_on_the_data():
+    fit = fit_hyperparams(scan_sweep(seed=9, n_seeds=2), n_boot=100)
+    for source in (fit, fit.to_dict()):
+        fig = plot_hyperparams(source)
+        assert isinstance(fig, Figure) and len(fig.axes) == 2
+    scans, law = fig.axes
+    # one star per compute-optimal cell, at its located optimum
+    stars = [line for line in scans.get_lines() if line.get_marker() == "*"]
+    assert sorted(s.get_xdata()[0] for s in stars) == pytest.approx(
+        sorted(fit.cells.loc[fit.cells["compute_optimal"], "lr_opt"]))
+    lo, hi = law.get_xlim()
+    assert lo >= BUDGETS[0] / 2 and hi <= BUDGETS[-1] * 2
+    ylo, yhi = law.get_ylim()
+    located = fit.cells["lr_opt"]
+    assert ylo >= located.min() / 10 and yhi <= located.max() * 10
+    two_d = fit_hyperparams(scan_sweep(seed=10, n_lr=6, n_batch=4), n_boot=50)
+    assert len(plot_hyperparams(two_d).axes) == 3
+
+
+def test_bad_input():
+    runs = scan_sweep()
+    with pytest.raises(ConfigError, match="lr"):
+        fit_hyperparams(runs.drop(columns="lr"))
+    with pytest.raises(ConfigError, match="N"):
+        fit_hyperparams(runs.drop(columns="N"))
+    bad = runs.copy()
+    bad.loc[0, "lr"] = -1.0
+    with pytest.raises(ConfigError, match="positive"):
+        fit_hyperparams(bad)
+    with pytest.raises(ConfigError, match="cell_bootstrap"):
+        fit_hyperparams(runs, cell_bootstrap="cells")
+    with pytest.raises(ConfigError, match="budgets"):  # a scan at one budget only: no law in C
+        fit_hyperparams(runs[runs["budget"] == BUDGETS[0]], n_boot=0)
