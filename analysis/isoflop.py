@@ -205,14 +205,14 @@ def _cubic_vertex(coef: np.ndarray, center: float) -> np.ndarray:
     """Local minimum (uncentered x) of c0 + c1·u + c2·u² + c3·u³, u = x - center, nearest the centre; NaN if none."""
     c1, c2, c3 = coef[..., 1], coef[..., 2], coef[..., 3]
     with np.errstate(invalid="ignore", divide="ignore"):
+        cubic = np.abs(c3) > 1e-12 * np.abs(c2)
         disc = 4 * c2 * c2 - 12 * c3 * c1
         root = np.sqrt(np.where(disc >= 0, disc, np.nan))
-        cand = np.stack([(-2 * c2 + root) / (6 * c3), (-2 * c2 - root) / (6 * c3)], -1)
-        is_min = 2 * c2[..., None] + 6 * c3[..., None] * cand > 0
-        cand = np.where(is_min & np.isfinite(cand), cand, np.nan)
-        best = np.where(np.abs(c3) > 1e-12 * np.abs(c2), np.nanmin(np.abs(cand), -1), np.nan)
-        u = np.where(np.isfinite(cand[..., 0]) & (np.abs(cand[..., 0]) == best), cand[..., 0], cand[..., 1])
-        u = np.where(np.abs(c3) > 1e-12 * np.abs(c2), u, -c1 / (2 * c2))
+        u0, u1 = (-2 * c2 + root) / (6 * c3), (-2 * c2 - root) / (6 * c3)
+        u0 = np.where(2 * c2 + 6 * c3 * u0 > 0, u0, np.nan)  # keep the stationary points that are minima
+        u1 = np.where(2 * c2 + 6 * c3 * u1 > 0, u1, np.nan)
+        u = np.where(np.isnan(u1) | (np.abs(u0) <= np.abs(u1)), u0, u1)
+        u = np.where(cubic, u, np.where(c2 > 0, -c1 / (2 * c2), np.nan))
     return center + u
 
 
@@ -220,8 +220,8 @@ def _residual_draws(pr: BudgetProfile, sigma: np.ndarray, rng: np.random.Generat
     """Parametric bootstrap of one budget: losses redrawn around the fitted parabola with relative noise sigma_b
     (one per draw) / sqrt(replicates), both parabolas refitted. Done exactly on the sufficient statistics: with
     y* = yhat·(1 + sigma·e/sqrt(w)), the refitted coefficients are the fitted ones plus H·sigma·e with
-    H = (X'WX)^-1 X'W diag(yhat/sqrt(w)) (both parabolas share the losses); H·e is drawn as U·S·g from the
-    SVD of H, so a draw costs a few normal numbers whatever the number of points.
+    H = (X'WX)^-1 X'W diag(yhat/sqrt(w)) (both parabolas share the losses); H·e is drawn from its covariance
+    H·H' (a few x a few), so a draw costs a few normal numbers whatever the number of points.
 
     Model error: with >= 5 points a cubic in log N is fitted too. Its vertex minus the parabola's estimates the
     parabola's bias; the part of its square beyond the noise (the variance of the same difference over the draws)
@@ -238,8 +238,9 @@ def _residual_draws(pr: BudgetProfile, sigma: np.ndarray, rng: np.random.Generat
         XtWX = X.T @ (w[:, None] * X)
         bases.append(np.linalg.solve(XtWX, X.T @ (w * yhat)))
         rows.append(np.linalg.solve(XtWX, (X * (np.sqrt(w) * yhat)[:, None]).T))
-    U, S, _ = np.linalg.svd(np.vstack(rows), full_matrices=False)  # H e' has the law of (U S) g, g ~ N(0, I)
-    z = rng.standard_normal((sigma.size, S.size)) @ (U * S).T * sigma[:, None]
+    H = np.vstack(rows)
+    lam, U = np.linalg.eigh(H @ H.T)  # H e' ~ N(0, H H'): drawn as U sqrt(lam) g, g ~ N(0, I)
+    z = rng.standard_normal((sigma.size, lam.size)) @ (U * np.sqrt(np.clip(lam, 0.0, None))).T * sigma[:, None]
     out = _vertex_draws(pr, bases[0][None, :] + z[:, :3], bases[1][None, :] + z[:, 3:6])
     if cubic:
         X3 = designs[2]
