@@ -15,11 +15,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import tomllib
 import types
 import typing
 from pathlib import Path
-
-import tomllib
 
 from scaling.errors import ConfigError
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import warnings
+from pathlib import Path
 
-SPEC_HELP = "a sweep spec TOML file or a preset name (tiny-cpu, gpu-small)"
+from sweeps.spec import PRESETS
+
+SPEC_HELP = f"a sweep spec TOML file or a preset name ({', '.join(PRESETS)})"
 OVERRIDES_HELP = "spec overrides as dotted.key=value (TOML values), e.g. budgets.values=[1e12,3e12]"
 
 
@@ -45,12 +48,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser("launch", help="plan, write the results store, and run the pending runs")
     p.add_argument("spec", metavar="SPEC", help=SPEC_HELP)
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)
-    p.add_argument("--backend", choices=("local", "slurm"), default="local")
+    p.add_argument("--backend", choices=("local", "slurm"), default="local",
+                   help="where runs train: 'local' (child processes of this command) or 'slurm' (a job array)")
     p.add_argument("--results", default="results/", metavar="DIR", help="results root; the sweep goes to DIR/<name>")
     p.add_argument("--wait", action="store_true", help="stay until every run has ended")
     p.add_argument("--dry-run", action="store_true", help="show what would be launched, launch nothing")
     p.add_argument("--max-retries", type=int, default=2, metavar="N",
                    help="relaunch a failed run at most N times (default 2)")
+    p.add_argument("--extend", action="store_true",
+                   help="add a changed spec's runs to the existing sweep in DIR/<name> as a new spec version "
+                        "(recorded in spec.json; each run keeps the version that added it); without it a changed "
+                        "spec is refused")
     p.set_defaults(func=cmd_launch)
 
     p = sub.add_parser("status", help="runs per state and the progress of each run")
@@ -71,18 +79,24 @@ def cmd_plan(args: argparse.Namespace) -> int:
     totals = plan_totals(spec, result.runs, throughput, args.backend)
     if args.json:
         print(json.dumps({"name": spec.name, "runs": [plan_row(r) for r in result.runs],
-                          "dropped": [vars(d) for d in result.dropped], "totals": {**totals, "throughput": how}},
-                         indent=1))
+                          "dropped": [vars(d) for d in result.dropped], "totals": {**totals, "throughput": how},
+                          "warnings": result.warnings, "problems": [str(e) for e in result.problems]}, indent=1))
         return 0
     print(format_plan(spec, result, totals, how))
     return 0
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
+    from sweeps.grid import plan
     from sweeps.launch import launch
     from sweeps.spec import load_spec
+    from sweeps.store import Store
 
     spec = load_spec(args.spec, args.overrides)
+    store = Store(Path(args.results) / spec.name)
+    store.check_spec(spec, extend=args.extend)  # a changed spec without --extend: refused before anything runs
+    if args.extend and not args.dry_run:
+        store.init_sweep(spec, plan(spec), extend=True)  # records the new version; launch then finds it current
     result = launch(spec, backend=args.backend, results=args.results, wait=args.wait, dry_run=args.dry_run,
                     max_retries=args.max_retries)
     if hasattr(result, "summary"):
@@ -108,6 +122,7 @@ def plan_row(run) -> dict:
         "N": run.N, "N_total": run.N_total, **run.shape, "D": run.D, "tokens_per_param": run.tokens_per_param,
         "batch_size": run.batch_size, "batch_tokens": run.batch_tokens, "lr": run.lr, "steps": run.steps,
         "flops": run.flops, "flops_error": run.flops_error, "flop_convention": run.flop_convention,
+        "time_min": run.time_min,
     }
 
 
@@ -133,7 +148,7 @@ def format_plan(spec, result, totals: dict, how: str) -> str:
     from sweeps.status import format_table, si
 
     headers = ["budget", "kind", "N (non-emb / total)", "shape (L x d, heads, d_ff)", "D (tokens)", "D/N", "batch",
-               "lr", "steps", f"FLOPs ({spec.budgets.convention})"]
+               "lr", "steps", f"FLOPs ({spec.budgets.convention})", "limit"]
     rows = []
     for r in result.runs:
         s = r.shape
@@ -142,11 +157,13 @@ def format_plan(spec, result, totals: dict, how: str) -> str:
             f"{r.budget:.2e}", r.tags["kind"] + (f" s{r.tags['seed']}" if len(spec.train.seeds) > 1 else ""),
             f"{si(r.N)} / {si(r.N_total)}", f"{s['n_layer']}x{s['d_model']}, {s['n_heads']}{kv}, {s['d_ff']}",
             si(r.D), f"{r.tokens_per_param:.1f}", f"{r.batch_size}x{r.config['model']['seq_len']}",
-            f"{r.lr:.3g}", str(r.steps), f"{r.flops:.3e} ({r.flops_error:+.2%})",
+            f"{r.lr:.3g}", str(r.steps), f"{r.flops:.3e} ({r.flops_error:+.2%})", _duration(60 * r.time_min),
         ])
     lines = [f"sweep {spec.name}: {len(result.runs)} runs", format_table(headers, rows)]
     for d in result.dropped:
         lines.append(f"dropped: {d.kind} run at {d.budget:.2e} FLOPs, N={si(d.N)} ({d.shape}): {d.reason}")
+    lines += [f"warning: {w}" for w in result.warnings]
+    lines += [f"problem: {e} (`sweep launch` refuses until it is fixed)" for e in result.problems]
     kinds = ", ".join(f"{v} {k}" for k, v in totals["by_kind"].items())
     lines.append(f"total: {totals['runs']} runs ({kinds}), {totals['flops']:.3e} FLOPs ({totals['flop_convention']})")
     if totals["wall_time_s"] is None:

@@ -54,12 +54,14 @@ from scaling.accounting import all_flops_per_token, count_params, flops_per_toke
 from scaling.config import ModelConfig
 from scaling.errors import ConfigError
 from scaling.jsonio import TornFileError, read_json
-from scaling.ladder import shape_for_params
+from scaling.ladder import DEFAULT_ASPECT_RATIO, default_head_dim, shape_for_params
 from scaling.runconfig import RunConfig
 from scaling.tokenizers import check_tokenizer
 from sweeps.spec import SweepSpec, TrainSpec, match_budget
 
 GAP_SHIFT = 0.15  # a size target in a gap of the shape ladder may move this far (relative) to a buildable size
+EXACT_ASPECT_MAX_ERROR = 0.45  # model.exact_aspect: the largest miss (half a ~2x step in N between neighbouring
+# widths, e.g. 8x512 -> 10x640); D follows the realized N, so a miss moves the model, not the budget
 DEFAULT_BATCH = 16  # target sequences per step when the spec sets no batch key
 TIME_SAFETY = 2.0  # a run's time limit is this x its estimated wall time (evals, checkpoints, slow nodes) ...
 TIME_FLOOR_MIN = 15  # ... and at least this many minutes (start-up, data preparation, compile)
@@ -314,8 +316,11 @@ def place_models(spec: SweepSpec, budget: float, n_opt: float) -> list[ModelConf
     m = spec.model
     options = {key: getattr(m, key) for key in ("head_dim", "aspect_ratio", "n_layer", "n_heads") if getattr(m, key) is not None}
     count = spec.budgets.param_count
-    build = functools.partial(shape_for_params, family=m.family, seq_len=m.seq_len, vocab_size=spec.vocab_size,
-                              n_kv_heads_ratio=m.n_kv_heads_ratio, count=count, **options)
+    if m.exact_aspect:
+        build = functools.partial(exact_aspect_shape, spec)
+    else:
+        build = functools.partial(shape_for_params, family=m.family, seq_len=m.seq_len, vocab_size=spec.vocab_size,
+                                  n_kv_heads_ratio=m.n_kv_heads_ratio, count=count, **options)
     shapes: list[ModelConfig] = []
     for target in sorted(targets, key=lambda t: abs(math.log(t / n_opt))):  # from the prior optimum outwards
         try:
@@ -328,6 +333,34 @@ def place_models(spec: SweepSpec, budget: float, n_opt: float) -> list[ModelConf
         if cfg not in shapes:
             shapes.append(cfg)
     return sorted(shapes, key=lambda c: count_params(c)[count])
+
+
+def exact_aspect_shape(spec: SweepSpec, target: float) -> ModelConfig:
+    """The shape with d_model = aspect_ratio x n_layer (n_layer rounded, d_model a multiple of head_dim x
+    n_kv_heads_ratio) whose param count (the budget convention's) is nearest `target` in log; ConfigError when the
+    nearest is more than EXACT_ASPECT_MAX_ERROR away (the ends of the ladder)."""
+    m = spec.model
+    aspect = m.aspect_ratio or DEFAULT_ASPECT_RATIO
+    head_dim = m.head_dim or default_head_dim(target, aspect)
+    step = head_dim * m.n_kv_heads_ratio
+    count = spec.budgets.param_count
+    best, best_gap = None, math.inf
+    for k in range(1, 4096):
+        d_model = k * step
+        n_layer = max(1, round(d_model / aspect))
+        cfg = ModelConfig(family=m.family, n_layer=n_layer, d_model=d_model, n_heads=d_model // head_dim,
+                          n_kv_heads=d_model // head_dim // m.n_kv_heads_ratio, seq_len=m.seq_len,
+                          vocab_size=spec.vocab_size)
+        n = count_params(cfg)[count]
+        gap = abs(math.log(n / target))
+        if gap < best_gap:
+            best, best_gap = cfg, gap
+        if n > target * 2:
+            break
+    if best is None or best_gap > math.log(1 + EXACT_ASPECT_MAX_ERROR):
+        raise ConfigError("model.exact_aspect", f"a target within {EXACT_ASPECT_MAX_ERROR:.0%} of a shape with "
+                          f"d_model = {aspect:g} x n_layer (head_dim {head_dim})", f"{target:,.0f} params")
+    return best.validate()
 
 
 def _next_free_shape(build, cfg: ModelConfig, target: float, n_opt: float, taken: list[ModelConfig]) -> ModelConfig:

@@ -6,7 +6,8 @@ A spec has these sections (every key is optional unless said; see `sweeps/preset
     [data]       corpus, tokenizer ("bytes" | "bpe"), vocab_size (required for bpe)
     [model]      family ("gpt2" | "llama"), seq_len, vocab_size (default: the tokenizer's), head_dim, aspect_ratio
                  (d_model / n_layer), n_kv_heads_ratio (llama GQA); n_layer fixes the depth (the ladder varies the
-                 width only), and with it n_heads (instead of head_dim) fixes the head count
+                 width only), and with it n_heads (instead of head_dim) fixes the head count; exact_aspect = true
+                 keeps d_model = aspect_ratio x n_layer for every model (one aspect ratio for the whole sweep)
     [budgets]    values = [1e12, 3e12] | min, max, count (log-spaced, both ends included); convention: the FLOP
                  convention the budgets are measured in (one of scaling.accounting.CONVENTIONS, default "6N")
     [grid]       models_per_budget + spread (N_max / N_min, log-uniform around the prior optimum) | sizes (explicit
@@ -110,6 +111,8 @@ class ModelSpec:
     n_layer: int | None = None  # fix the depth: the ladder then varies width only (smooth curves for tiny models)
     n_heads: int | None = None  # with n_layer, instead of head_dim: fix the head count too (head_dim grows)
     n_kv_heads_ratio: int = 1  # llama: query heads per KV head (grouped-query attention)
+    exact_aspect: bool = False  # every model has d_model = aspect_ratio x n_layer (rounded), so models differ in scale
+    # only: the ladder's 2% fit otherwise trades depth for width (25x256 next to 8x768); D follows the realized N
 
 
 @dataclass
@@ -484,6 +487,9 @@ def _validate_data_model(spec: SweepSpec) -> None:
     if m.aspect_ratio is not None:
         positive(m.aspect_ratio, "model.aspect_ratio", "a positive number (d_model / n_layer)")
     positive_int(m.n_kv_heads_ratio, "model.n_kv_heads_ratio")
+    if m.exact_aspect and m.n_layer is not None:
+        raise ConfigError("model.exact_aspect", "unset with model.n_layer (a fixed depth varies the aspect ratio)",
+                          m.exact_aspect)
     if m.family == "gpt2" and m.n_kv_heads_ratio != 1:
         raise ConfigError("model.n_kv_heads_ratio", "1 for family 'gpt2' (no grouped-query attention)",
                           m.n_kv_heads_ratio)

@@ -61,8 +61,12 @@ def format_status(results_dir: str | os.PathLike) -> str:
     blocks = []
     for sweep_dir in sweep_dirs(results_dir):
         counts, rows = sweep_status(sweep_dir)
-        name = Store(sweep_dir).plan().get("name", Path(sweep_dir).name)
-        head = f"sweep {name} ({sweep_dir}): {len(rows)} runs: " + ", ".join(f"{k} {v}" for k, v in counts.items())
+        store = Store(sweep_dir)
+        name = store.plan().get("name", Path(sweep_dir).name)
+        version = store.spec_version()
+        versions = f", spec version {version} (runs of earlier versions included)" if version > 1 else ""
+        head = (f"sweep {name} ({sweep_dir}{versions}): {len(rows)} runs: "
+                + ", ".join(f"{k} {v}" for k, v in counts.items()))
         table = format_table(STATUS_HEADERS, [_status_cells(r) for r in rows])
         blocks.append(f"{head}\n{table}")
     return "\n\n".join(blocks)

@@ -77,7 +77,7 @@ MAX_DIFF_LINES = 12
 
 def now_iso() -> str:
     """UTC time as ISO 8601, seconds precision."""
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 def check_run_id(run_id: object, where: str = "run_id") -> str:
