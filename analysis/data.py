@@ -219,8 +219,8 @@ def count_params_as_convention(runs: pd.DataFrame, metrics: pd.DataFrame | None 
     """Sweep runs whose budgets are counted as 6N_total get N = all params (the non-embedding count moves to
     N_non_embedding, and the metrics' N follows), so N and C = 6 N D agree; other sweeps keep non-embedding N."""
     conv = runs["flop_convention"].dropna().unique() if "flop_convention" in runs.columns else []
-    if len(conv) != 1 or conv[0] != "6N_total" or "N_total" not in runs.columns:
-        return runs
+    if len(conv) != 1 or conv[0] != "6N_total" or "N_total" not in runs.columns or "N_non_embedding" in runs.columns:
+        return runs  # not 6N_total, or already counted so
     runs["N_non_embedding"] = runs["N"]
     runs["N"] = runs["N_total"]
     if metrics is not None and not metrics.empty:
@@ -444,7 +444,9 @@ def load_runs(source, columns: dict[str, str] | None = None, *, budget_rtol: flo
     param_count: whether N counts all parameters ("total") or leaves out the embeddings ("non-embedding"); recorded
     in df.attrs["parameter_count"] ("unspecified" for a table when not given; a sweep records its own).
     batch_unit: the unit of batch_size, "tokens" or "sequences" (then multiplied by the seq_len column); default:
-    sequences when the table has a seq_len column, else tokens (a sweep's are tokens). Recorded in
+    sequences when the table has a seq_len column, else tokens. A sweep folder, or this project's runs table written
+    from one (it has a flop_convention column), counts C with the accounting and batch_size in tokens: no C
+    consistency check and no batch conversion there. Recorded in
     df.attrs["batch_unit"]. Budgets: the `budget` column, else C grouped by group_budgets(budget_rtol).
     A table this function returned (df.attrs["loaded_by"]) is returned as it is.
     Raises ConfigError for unreadable, empty or header-only sources, missing columns, text in numeric columns, and
@@ -460,6 +462,8 @@ def load_runs(source, columns: dict[str, str] | None = None, *, budget_rtol: flo
     if c_rtol is not None and not (math.isfinite(c_rtol) and c_rtol > 0):
         raise ConfigError("c_rtol", "a positive relative tolerance, or None for no check", c_rtol)
     raw, sweep_metrics, where, from_sweep = _read_source(source)
+    if not from_sweep and "flop_convention" in raw.columns:  # this project's runs table, e.g. exported
+        from_sweep, raw = True, count_params_as_convention(raw.copy())
     if raw.empty:
         raise ConfigError(where, "a table with at least one row of runs", f"no rows (columns: {list(raw.columns)})")
     df, n_duplicates = _drop_duplicates(raw, where)
