@@ -2,8 +2,11 @@
 
 A checkpoint is a dict of tensors and plain Python values: `step` (optimizer steps done; the data position, since
 batches are a pure function of the step), `model`, `optimizer`, `rng` (torch, cuda, numpy, python states as
-tensors/lists) and `state` (the trainer's running values). The newest `keep` checkpoints are kept; when the newest
-cannot be read, a warning goes to stderr and the one before it is used.
+tensors/lists), `state` (the trainer's `RunState`) and `corpus_fingerprint` (of the tokens it was trained on).
+The newest `keep` checkpoints are kept. Loading takes the newest checkpoint that can be read and that fits the run
+(`check` raises for one that does not, e.g. a model of another shape); each one passed over is reported on stderr
+and renamed `ckpt_<step>.pt.rejected`, so it is kept for a look but never chosen, pruned in place of a good one,
+or read again. With none left, the run starts from step 0.
 """
 
 from __future__ import annotations
@@ -12,12 +15,15 @@ import os
 import random
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 CKPT_RE = re.compile(r"^ckpt_(\d+)\.pt$")
+REJECTED_SUFFIX = ".rejected"  # a checkpoint that could not be used, kept beside the others
 
 
 def checkpoint_dir(out: str | Path) -> Path:
@@ -49,18 +55,66 @@ def save_checkpoint(out: str | Path, payload: dict, keep: int = 2) -> Path:
     return path
 
 
-def load_latest_checkpoint(out: str | Path, map_location: str | torch.device = "cpu") -> dict | None:
-    """The newest readable checkpoint, or None. Unreadable ones are reported on stderr and skipped."""
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:
+    """One checkpoint file (weights_only=True: tensors and plain values, never arbitrary objects)."""
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def load_latest_checkpoint(
+    out: str | Path,
+    map_location: str | torch.device = "cpu",
+    check: Callable[[dict], None] | None = None,
+) -> dict | None:
+    """The newest checkpoint that is readable and passes `check` (which raises for one that does not fit), or None.
+
+    Each checkpoint passed over is reported on stderr and set aside as `ckpt_<step>.pt.rejected`.
+    """
     for step, path in reversed(list_checkpoints(out)):
         try:
-            payload = torch.load(path, map_location=map_location, weights_only=True)
-            if int(payload["step"]) != step:
-                raise ValueError(f"holds step {payload['step']}")
+            payload = load_checkpoint(path, map_location)
+            if not isinstance(payload, dict) or payload.get("step") != step:
+                raise ValueError(f"holds step {payload.get('step') if isinstance(payload, dict) else payload!r}")
+            if check is not None:
+                check(payload)
             return payload
-        except Exception as e:  # noqa: BLE001 - a torn or corrupt file: fall back to the previous checkpoint
-            print(f"warning: checkpoint {path} is unreadable ({type(e).__name__}: {e}); trying an older one",
-                  file=sys.stderr)
+        except Exception as e:  # noqa: BLE001 - torn, corrupt or of another run: fall back to the previous one
+            print(f"warning: checkpoint {path} cannot be used ({type(e).__name__}: {e}); {set_aside(path)}, "
+                  f"trying an older one", file=sys.stderr)
     return None
+
+
+def set_aside(path: Path) -> str:
+    """Rename an unusable checkpoint to `<name>.rejected`; say what was done."""
+    rejected = path.with_name(path.name + REJECTED_SUFFIX)
+    try:
+        os.replace(path, rejected)
+    except OSError as e:
+        return f"left in place (renaming it failed: {e})"
+    return f"set aside as {rejected.name}"
+
+
+def check_fits(payload: dict, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """ValueError unless the checkpoint's model and optimizer tensors have exactly the names and shapes of these."""
+    want = model.state_dict()
+    got = payload["model"]
+    if set(got) != set(want):
+        missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+        raise ValueError(f"model keys differ (missing {missing[:3]}, unexpected {extra[:3]})")
+    for name, tensor in want.items():
+        if not isinstance(got[name], torch.Tensor) or got[name].shape != tensor.shape:
+            shape = tuple(got[name].shape) if isinstance(got[name], torch.Tensor) else type(got[name]).__name__
+            raise ValueError(f"model tensor {name} has shape {shape}, this run's is {tuple(tensor.shape)}")
+    groups = payload["optimizer"]["param_groups"]
+    if [len(g["params"]) for g in groups] != [len(g["params"]) for g in optimizer.param_groups]:
+        raise ValueError("optimizer parameter groups differ from this run's")
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    for index, state in payload["optimizer"]["state"].items():
+        if not 0 <= int(index) < len(params):
+            raise ValueError(f"optimizer state for parameter {index}, this run has {len(params)}")
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != params[int(index)].shape:
+                raise ValueError(f"optimizer state {key} of parameter {index} has shape {tuple(value.shape)}, "
+                                 f"the parameter's is {tuple(params[int(index)].shape)}")
 
 
 def remove_temp_files(out: str | Path) -> None:

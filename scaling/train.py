@@ -1,7 +1,8 @@
 """Train one model for one budget: `train(cfg)` writes a run directory and returns its summary.
 
-Run directory (`cfg.out`): `config.json` (the resolved config, written first), `metrics.jsonl` (one line per
-evaluation), `checkpoints/ckpt_<step>.pt`, `summary.json` (written last, atomically).
+Run directory (`cfg.out`, see `scaling.runio`): `config.json` (the resolved config, written first), `metrics.jsonl`
+(one line per evaluation), `checkpoints/ckpt_<step>.pt` (see `scaling.checkpoint`), `summary.json` (written last,
+atomically).
 
 Conventions:
 - Budget: `train.steps`, or `train.tokens` D, or `train.flops` C converted to tokens with
@@ -16,21 +17,28 @@ Conventions:
 - Failure: an exception while training ends the run with status "failed" and the error text in the summary; the
   summary is returned, not raised, and running `train` again resumes from the last checkpoint. Config errors are
   raised (as ConfigError) before anything is written.
-- Resume: `train` on a directory with checkpoints continues from the newest readable one; on CPU the result equals
-  an uninterrupted run's (batches are a pure function of the step). A directory whose summary is final
-  (completed / diverged) returns that summary at once.
-- Signals: SIGTERM / SIGUSR1 / SIGUSR2 finish the current optimizer step, write a checkpoint, then call the handler
-  installed before `train` (e.g. submitit's requeue); if that returns, training goes on. With no previous handler
-  (SIG_DFL / SIG_IGN) the process exits with status 143.
-- Several processes (torchrun: WORLD_SIZE, RANK, LOCAL_RANK): DDP, gloo on CPU and nccl on CUDA, the global batch
-  split evenly over the ranks, rank 0 alone writes files.
+- Resume: `train` on a directory with checkpoints continues from the newest one that is readable and fits the run
+  (a torn file, or one whose tensors have other shapes, is set aside with a warning and the one before it is used;
+  with none usable the run starts again from step 0, with a warning). On CPU the result equals an uninterrupted
+  run's (batches are a pure function of the step). A checkpoint trained on other tokens (its corpus fingerprint
+  differs from the corpus now) is refused with a ConfigError: resuming would mix two corpora in one run. A
+  directory whose summary is final (completed / diverged) returns that summary at once.
+- Signals: SIGTERM / SIGINT (Ctrl-C) / SIGUSR1 / SIGUSR2 finish the current optimizer step, write a checkpoint,
+  then call the handler installed before `train` (submitit's requeue; for SIGINT Python's, which raises
+  KeyboardInterrupt); if that returns, training goes on. With no previous handler (SIG_DFL / SIG_IGN) the process
+  exits with status 143. A second Ctrl-C before the checkpoint is written stops at once; a process that ignores
+  SIGINT (a background job) keeps ignoring it.
+- Several processes (torchrun: WORLD_SIZE, RANK, LOCAL_RANK; see `scaling.distributed`): DDP applied by
+  `scaling.parallelize`, the global batch split evenly over the ranks, rank 0 alone writes files.
+- Tracking (`[tracking]`, off by default): the metrics lines and the summary also go to TensorBoard and/or W&B
+  (`scaling.tracking`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import json
+import dataclasses
 import math
 import os
 import signal
@@ -46,23 +54,44 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from scaling.accounting import all_flops_per_token, count_params, flops_per_token
 from scaling.checkpoint import (
+    check_fits,
     list_checkpoints,
+    load_checkpoint,
     load_latest_checkpoint,
     remove_temp_files,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
+from scaling.config import ModelConfig
+from scaling.data import Corpus, batch_at, prepare_corpus, val_batches
+from scaling.distributed import DistEnv, pick_device
 from scaling.errors import ConfigError
-from scaling.runconfig import DEFAULT_TOKENS, RunConfig, batch_size_of, load_run_config
+from scaling.model import build_model
+from scaling.parallelize import parallelize
+from scaling.progress import Progress
+from scaling.runconfig import DEFAULT_TOKENS, RunConfig, TrainConfig, batch_size_of, load_run_config
+from scaling.runio import (
+    CONFIG_FILE,
+    FINAL_STATUSES,
+    SUMMARY_FILE,
+    append_metrics,
+    check_out_dir,
+    finite,
+    truncate_metrics,
+    write_json,
+)
 from scaling.schedule import Schedule
+from scaling.tracking import Tracking, open_tracking, run_summary
 
-__all__ = ["RunConfig", "build_optimizer", "evaluate", "load_run_config", "resolve_run", "train", "train_step"]
+__all__ = ["RunConfig", "RunState", "build_optimizer", "evaluate", "load_run_config", "resolve_run",
+           "time_train_steps", "train", "train_step"]
 
-SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1", "SIGUSR2") if hasattr(signal, name))
+SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2")
+                if hasattr(signal, name))
 THREADS_ENV = "SCALING_NUM_THREADS"  # torch.set_num_threads for CPU runs (sweeps split the cores between runs)
-FINAL_STATUSES = ("completed", "diverged")
 DEFAULT_WARMUP_FRAC = 0.05
 
 
@@ -74,7 +103,7 @@ class ResolvedRun:
     """A validated config plus everything derived from it and the corpus."""
 
     cfg: RunConfig  # with model.vocab_size, train.batch_size, train.warmup_steps and eval.every filled in
-    corpus: object  # scaling.data.Corpus
+    corpus: Corpus
     steps: int
     batch_size: int  # sequences per optimizer step, all ranks together
     micro_batch_size: int  # sequences per forward pass on one rank
@@ -91,9 +120,6 @@ def resolve_run(cfg: RunConfig, world_size: int = 1) -> ResolvedRun:
     Raises ConfigError for: any invalid field, a missing corpus, a model vocab below the tokenizer's, a batch not
     divisible over the ranks or micro-batches, a budget under one step, and a missing `out`.
     """
-    from scaling.accounting import flops_per_token
-    from scaling.data import prepare_corpus
-
     cfg = copy.deepcopy(cfg).validate()
     if not cfg.out:
         raise ConfigError("out", "a directory for the run's files (out=DIR)")
@@ -140,7 +166,7 @@ def resolve_run(cfg: RunConfig, world_size: int = 1) -> ResolvedRun:
                        flops_per_token=fpt, world_size=world_size)
 
 
-def _budget_steps(t, batch_tokens: int, fpt: float) -> int:
+def _budget_steps(t: TrainConfig, batch_tokens: int, fpt: float) -> int:
     """Optimizer steps for the budget: round(tokens / batch_tokens); ConfigError below one full batch."""
     if t.steps is not None:
         return t.steps
@@ -216,8 +242,6 @@ def train_step(
 @torch.no_grad()
 def evaluate(model: nn.Module, corpus, seq_len: int, max_tokens: int, batch_size: int, device: torch.device) -> float:
     """Mean cross-entropy (nats/token) over the fixed validation tokens `val_batches(corpus, seq_len, max_tokens)`."""
-    from scaling.data import val_batches
-
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
@@ -229,6 +253,86 @@ def evaluate(model: nn.Module, corpus, seq_len: int, max_tokens: int, batch_size
         count += y.numel()
     model.train(was_training)
     return total / count
+
+
+def time_train_steps(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    batch_size: int,
+    *,
+    micro_batch_size: int | None = None,
+    device: str | torch.device = "cpu",
+    steps: int = 3,
+) -> float:
+    """Seconds per optimizer step of the trainer's own step, on random tokens (what `sweep plan --measure` times).
+
+    Runs exactly what `train` runs per step: `build_model`, `parallelize` (torch.compile when `train_cfg.compile`),
+    `build_optimizer` (its two AdamW groups, fused where possible) and `train_step` (bf16 autocast on CUDA,
+    gradient accumulation over micro-batches of `micro_batch_size` sequences, clipping). `batch_size` sequences of
+    `model_cfg.seq_len` tokens per step on one process. The mean over `steps` steps after one untimed warm-up step
+    (which also compiles); CUDA is synchronized around the timed steps.
+    """
+    device = torch.device(device)
+    model = build_model(model_cfg).to(device)
+    step_model = parallelize(model, train_cfg)
+    optimizer = build_optimizer(model, train_cfg.lr, train_cfg.weight_decay, (train_cfg.beta1, train_cfg.beta2))
+    gen = torch.Generator().manual_seed(0)
+    windows = torch.randint(0, model_cfg.vocab_size, (batch_size, model_cfg.seq_len + 1), generator=gen).to(device)
+    micro = micro_batch_size or batch_size
+    micro_batches = list(zip(windows[:, :-1].split(micro), windows[:, 1:].split(micro)))
+    t0 = 0.0
+    for i in range(steps + 1):
+        if i == 1:
+            _synchronize(device)
+            t0 = time.perf_counter()
+        train_step(step_model, optimizer, micro_batches, train_cfg.lr, train_cfg.grad_clip)
+    _synchronize(device)
+    return (time.perf_counter() - t0) / steps
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ---------------------------------------------------------------------------------------------------- run state
+
+
+@dataclass
+class RunState:
+    """The trainer's running values: saved in every checkpoint, restored on resume."""
+
+    step: int = 0  # optimizer steps done
+    elapsed_s: float = 0.0  # wall time of all sessions up to the last save
+    train_time_s: float = 0.0  # time spent in training steps (no evaluation), all sessions
+    loss_sum: float = 0.0  # sum of the step losses since the last evaluation
+    loss_count: int = 0  # ... and their number
+    interval_tokens: int = 0  # tokens trained since the last evaluation (its tokens/s)
+    interval_time_s: float = 0.0  # ... and the step time they took
+    min_loss: float = math.inf  # lowest step loss so far (the divergence check)
+    last_loss: float | None = None  # the latest step loss
+    last_val_loss: float | None = None  # val loss at the latest evaluation
+    last_train_loss: float | None = None  # mean step loss over the latest evaluation interval
+
+    def state_dict(self) -> dict:
+        """Plain values (loadable with weights_only=True)."""
+        return dataclasses.asdict(self)
+
+    def load_state_dict(self, d: dict) -> None:
+        """Take the values of `d`; ValueError (nothing changed) unless it has exactly these fields, as numbers."""
+        names = [f.name for f in dataclasses.fields(self)]
+        if not isinstance(d, dict) or set(d) != set(names):
+            got = sorted(d) if isinstance(d, dict) else type(d).__name__
+            raise ValueError(f"run state has keys {got}, expected {sorted(names)}")
+        for f in dataclasses.fields(self):
+            value = d[f.name]
+            ok = (value is None and "None" in str(f.type)) or (
+                isinstance(value, (int, float)) and not isinstance(value, bool)
+                and (isinstance(value, int) or not f.type.startswith("int")))
+            if not ok:
+                raise ValueError(f"run state {f.name} = {value!r} is not a {f.type}")
+        for name in names:
+            setattr(self, name, d[name])
 
 
 # ---------------------------------------------------------------------------------------------------- the run
@@ -260,193 +364,127 @@ def train(
     trainer = None
     try:
         dist.init(run.cfg.train.device)
-        trainer = Trainer(run, dist, progress=progress and dist.rank == 0, on_step=on_step)
+        trainer = Trainer(run, dist, progress=progress and dist.is_writer, on_step=on_step)
         return trainer.run()
     finally:
         if trainer is not None:
-            trainer.restore_signals()
+            trainer.close()
         dist.close()
         torch.set_num_threads(old_threads)
 
 
-def check_out_dir(out: Path, cfg: RunConfig) -> dict | None:
-    """ConfigError if `out/config.json` holds a different run; the stored summary (or None) otherwise."""
-    path = out / "config.json"
-    if path.exists():
-        try:
-            stored = RunConfig.from_dict(json.loads(path.read_text())).identity()
-        except (ValueError, OSError) as e:
-            raise ConfigError("out", f"a new directory or one holding this run ({path} is unreadable: {e})") from None
-        if stored != cfg.identity():
-            diff = _first_difference(stored, cfg.identity())
-            raise ConfigError("out", f"a new directory or one holding this run ({out} holds another config: {diff})")
-    summary = out / "summary.json"
-    if summary.exists():
-        try:
-            return json.loads(summary.read_text())
-        except ValueError:
-            return None
-    return None
-
-
-def _first_difference(a: dict, b: dict, prefix: str = "") -> str:
-    for key in sorted(set(a) | set(b)):
-        va, vb = a.get(key), b.get(key)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            if va != vb:
-                return _first_difference(va, vb, f"{prefix}{key}.")
-        elif va != vb:
-            return f"{prefix}{key} = {va!r} there, {vb!r} here"
-    return "none"
-
-
-@dataclass
-class DistEnv:
-    """The torchrun environment: rank, world size, local rank; `init` starts the process group when needed."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    owns_group: bool = False
-
-    @classmethod
-    def from_env(cls) -> DistEnv:
-        env = os.environ
-        return cls(int(env.get("RANK", "0")), int(env.get("WORLD_SIZE", "1")), int(env.get("LOCAL_RANK", "0")))
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    def init(self, device: str) -> None:
-        import torch.distributed as tdist
-
-        if self.enabled and not tdist.is_initialized():
-            cuda = device != "cpu" and torch.cuda.is_available()
-            tdist.init_process_group(backend="nccl" if cuda else "gloo")
-            self.owns_group = True
-
-    def barrier(self) -> None:
-        if self.enabled:
-            import torch.distributed as tdist
-
-            tdist.barrier()
-
-    def close(self) -> None:
-        if self.owns_group:
-            import torch.distributed as tdist
-
-            tdist.destroy_process_group()
-            self.owns_group = False
-
-
-def pick_device(name: str, dist: DistEnv) -> torch.device:
-    """'auto' → cuda when available, else cpu; under DDP on CUDA, this rank's local GPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError("train.device", "'cpu' or 'auto' (CUDA is not available here)", name)
-        if dist.enabled:
-            name = f"cuda:{dist.local_rank}"
-        torch.cuda.set_device(torch.device(name))
-    return torch.device(name)
-
-
 class Trainer:
-    """The state of one training process: model, optimizer, run state, and the files it writes."""
+    """One training process: model, optimizer, run state, and the files it writes."""
 
     def __init__(self, run: ResolvedRun, dist: DistEnv, progress: bool, on_step=None):
-        from scaling.accounting import all_flops_per_token, count_params
-        from scaling.model import build_model
-
         self.plan, self.dist, self.on_step = run, dist, on_step
         self.cfg, self.t = run.cfg, run.cfg.train
         self.out = Path(self.cfg.out)
-        self.is_writer = dist.rank == 0
+        self.is_writer = dist.is_writer
         self.device = pick_device(self.t.device, dist)
         self.params = count_params(self.cfg.model)
         self.all_fpt = all_flops_per_token(self.cfg.model)
         torch.manual_seed(self.t.seed)
         self.model = build_model(self.cfg.model).to(self.device)
         self.optimizer = build_optimizer(self.model, self.t.lr, self.t.weight_decay, (self.t.beta1, self.t.beta2))
-        self.step_model = torch.compile(self.model) if self.t.compile else self.model
-        if dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel
-
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.step_model = DistributedDataParallel(self.step_model, device_ids=ids)
-        self.state = {"step": 0, "elapsed_s": 0.0, "train_time_s": 0.0, "loss_sum": 0.0, "loss_count": 0,
-                      "interval_tokens": 0, "interval_time_s": 0.0, "min_loss": math.inf, "last_loss": None,
-                      "last_val_loss": None, "last_train_loss": None}
-        self.progress = Progress(run.steps, enabled=progress)
+        self.step_model = parallelize(self.model, self.t, dist)
+        self.state = RunState()
+        self.show_progress = progress
+        self.progress: Progress | None = None
+        self.tracking = Tracking([])
         self.pending_signal: int | None = None
         self.old_handlers: dict[int, object] = {}
         self.session_start = time.perf_counter()
         self.last_ckpt_time = time.perf_counter()
 
     # -- files ------------------------------------------------------------------------------------------------
-    def start_files(self) -> None:
-        """Write config.json, load the newest checkpoint, drop metrics lines past it."""
+    def start(self) -> None:
+        """Pick the checkpoint to resume, refuse one of another corpus, then write config.json and restore it."""
+        payload = self.load_checkpoint()
+        if payload is not None:
+            self.check_corpus(payload["corpus_fingerprint"], int(payload["step"]))
         if self.is_writer:
             self.out.mkdir(parents=True, exist_ok=True)
-            _write_json_atomic(self.out / "config.json", self.cfg.to_dict())
-            (self.out / "summary.json").unlink(missing_ok=True)  # a "failed" one: this attempt replaces it
+            write_json(self.out / CONFIG_FILE, self.cfg.to_dict())
+            (self.out / SUMMARY_FILE).unlink(missing_ok=True)  # a "failed" one: this attempt replaces it
             remove_temp_files(self.out)
+            truncate_metrics(self.out, 0 if payload is None else int(payload["step"]))
         self.dist.barrier()
-        payload = self._load_checkpoint()
         if payload is not None:
             self.model.load_state_dict(payload["model"])
             self.optimizer.load_state_dict(payload["optimizer"])
             set_rng_state(payload["rng"])
-            self.state.update(payload["state"])
-        if self.is_writer:
-            _truncate_metrics(self.out / "metrics.jsonl", self.state["step"])
+            self.state.load_state_dict(payload["state"])
+        r = self.plan
+        self.progress = Progress(r.steps * r.batch_tokens, unit="tok", initial=self.state.step * r.batch_tokens,
+                                 enabled=self.show_progress)
+        if self.is_writer and self.cfg.tracking.enabled:
+            self.tracking = open_tracking(self.cfg.tracking, self.out, self.cfg.to_dict(), self.state.step)
 
-    def _load_checkpoint(self) -> dict | None:
-        if not self.dist.enabled:
-            return load_latest_checkpoint(self.out)
-        import torch.distributed as tdist
-
-        chosen = [None]
+    def load_checkpoint(self) -> dict | None:
+        """The newest usable checkpoint (rank 0 chooses, every rank loads it), or None to start from step 0."""
+        chosen = None
         if self.is_writer:
-            payload = load_latest_checkpoint(self.out)
-            chosen = [None if payload is None else int(payload["step"])]
-        tdist.broadcast_object_list(chosen, src=0)
-        if chosen[0] is None:
-            return None
-        path = dict(list_checkpoints(self.out))[chosen[0]]
-        return torch.load(path, map_location="cpu", weights_only=True)
+            had = bool(list_checkpoints(self.out))
+            payload = load_latest_checkpoint(self.out, check=self.check_checkpoint)
+            if payload is None and had:
+                print(f"warning: no usable checkpoint in {self.out / 'checkpoints'}; training from step 0",
+                      file=sys.stderr)
+            chosen = None if payload is None else int(payload["step"])
+        chosen = self.dist.broadcast(chosen)
+        if not self.dist.enabled or chosen is None:
+            return payload if self.is_writer else None
+        if self.is_writer:
+            return payload
+        return load_checkpoint(dict(list_checkpoints(self.out))[chosen])
+
+    def check_checkpoint(self, payload: dict) -> None:
+        """Raise unless the checkpoint fits this run: tensor shapes, run state, a corpus fingerprint."""
+        check_fits(payload, self.model, self.optimizer)
+        RunState().load_state_dict(payload["state"])
+        if not isinstance(payload.get("corpus_fingerprint"), str):
+            raise TypeError("it records no corpus fingerprint")
+
+    def check_corpus(self, fingerprint: str, step: int) -> None:
+        """ConfigError when the checkpoint was trained on other tokens than the corpus now prepared."""
+        now = self.plan.corpus.fingerprint
+        if fingerprint != now:
+            raise ConfigError(
+                "data.corpus",
+                f"the corpus this run's checkpoint (step {step}) was trained on, fingerprint {fingerprint[:16]}… "
+                f"(restore that corpus, or train into a new out=DIR)",
+                f"{self.cfg.data.corpus!r} whose tokens now have fingerprint {now[:16]}…",
+            )
 
     def checkpoint(self) -> None:
         if self.is_writer:
-            save_checkpoint(self.out, {"step": self.state["step"], "model": self.model.state_dict(),
+            state = dataclasses.replace(self.state, elapsed_s=self.elapsed()).state_dict()
+            save_checkpoint(self.out, {"step": self.state.step, "model": self.model.state_dict(),
                                        "optimizer": self.optimizer.state_dict(), "rng": rng_state(),
-                                       "state": dict(self.state, elapsed_s=self.elapsed())},
+                                       "state": state, "corpus_fingerprint": self.plan.corpus.fingerprint},
                             keep=self.t.keep_checkpoints)
         self.dist.barrier()
         self.last_ckpt_time = time.perf_counter()
 
     def log_metrics(self, val_loss: float) -> None:
         s = self.state
-        train_loss = s["loss_sum"] / max(1, s["loss_count"])
-        tokens = s["step"] * self.plan.batch_tokens
-        line = {"step": s["step"], "tokens": tokens, "flops": tokens * self.plan.flops_per_token,
-                "train_loss": train_loss, "val_loss": val_loss, "lr": self.plan.schedule(max(0, s["step"] - 1)),
-                "tokens_per_s": s["interval_tokens"] / max(s["interval_time_s"], 1e-9),
-                "elapsed_s": self.elapsed()}
-        s.update(loss_sum=0.0, loss_count=0, interval_tokens=0, interval_time_s=0.0, last_val_loss=val_loss,
-                 last_train_loss=train_loss)
+        train_loss = s.loss_sum / max(1, s.loss_count)
+        tokens = s.step * self.plan.batch_tokens
+        line = {"step": s.step, "tokens": tokens, "flops": tokens * self.plan.flops_per_token,
+                "train_loss": train_loss, "val_loss": val_loss, "lr": self.plan.schedule(max(0, s.step - 1)),
+                "tokens_per_s": s.interval_tokens / max(s.interval_time_s, 1e-9), "elapsed_s": self.elapsed()}
+        s.loss_sum, s.loss_count, s.interval_tokens, s.interval_time_s = 0.0, 0, 0, 0.0
+        s.last_val_loss, s.last_train_loss = val_loss, train_loss
         if self.is_writer:
-            with open(self.out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(_finite(line)) + "\n")
+            append_metrics(self.out, line)
+            self.tracking.log({**line, "N": self.params["non_embedding"]}, s.step)
 
     def elapsed(self) -> float:
-        return self.state["elapsed_s"] + time.perf_counter() - self.session_start
+        return self.state.elapsed_s + time.perf_counter() - self.session_start
 
     def summary(self, status: str, error: str | None = None) -> dict:
         s, r = self.state, self.plan
-        tokens = s["step"] * r.batch_tokens
+        tokens = s.step * r.batch_tokens
         out = {
             "status": status,
             "config": self.cfg.to_dict(),
@@ -455,39 +493,54 @@ class Trainer:
             "flop_convention": self.t.flop_convention,
             "tokens": tokens,
             "flops": tokens * r.flops_per_token,
-            "steps": s["step"],
+            "steps": s.step,
             "planned_steps": r.steps,
             "batch_size": r.batch_size,
             "batch_tokens": r.batch_tokens,
             "micro_batch_size": r.micro_batch_size,
             "warmup_steps": r.warmup_steps,
-            "val_loss": s["last_val_loss"] if status == "completed" else None,
-            "train_loss": s["last_train_loss"] if status == "completed" else s["last_loss"],
+            "val_loss": s.last_val_loss if status == "completed" else None,
+            "train_loss": s.last_train_loss if status == "completed" else s.last_loss,
             "wall_time_s": self.elapsed(),
             "corpus_fingerprint": r.corpus.fingerprint,
-            "tokens_per_s": tokens / max(s["train_time_s"], 1e-9),
+            "tokens_per_s": tokens / max(s.train_time_s, 1e-9),
             "device": str(self.device),
             "world_size": self.dist.world_size,
             "torch": torch.__version__,
             "error": error,
         }
-        return _finite(out)
+        return finite(out)
 
     def finish(self, status: str, error: str | None = None) -> dict:
         summary = self.summary(status, error)
         if self.is_writer:
-            _write_json_atomic(self.out / "summary.json", summary)
+            write_json(self.out / SUMMARY_FILE, summary)
+            self.tracking.finish(run_summary(summary, self.t.flop_convention))
         self.dist.barrier()
         return summary
+
+    def close(self) -> None:
+        """Restore the signal handlers, end the progress bar, close trackers left open by an early stop."""
+        self.restore_signals()
+        if self.progress is not None:
+            self.progress.close()
+        self.tracking.close()
 
     # -- signals ----------------------------------------------------------------------------------------------
     def install_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
         for sig in SIGNALS:
+            if sig == signal.SIGINT and signal.getsignal(sig) is signal.SIG_IGN:
+                continue  # a background job started with Ctrl-C ignored keeps ignoring it
             self.old_handlers[sig] = signal.signal(sig, self._on_signal)
 
     def _on_signal(self, signum, frame) -> None:
+        if signum == signal.SIGINT:
+            if self.pending_signal == signal.SIGINT:
+                raise KeyboardInterrupt  # a second Ctrl-C: stop now, without waiting for the checkpoint
+            print("\ninterrupted: finishing this step and writing a checkpoint (Ctrl-C again to stop at once)",
+                  file=sys.stderr)
         self.pending_signal = signum
 
     def restore_signals(self) -> None:
@@ -499,16 +552,17 @@ class Trainer:
         """Call the handler that was installed before `train`; exit 143 if there was none. May not return."""
         old = self.old_handlers.get(signum)
         self.pending_signal = None
+        print(f"received signal {signal.Signals(signum).name}: checkpoint written at step {self.state.step}",
+              file=sys.stderr)
         if callable(old):
             old(signum, None)
         else:
-            print(f"received signal {signum}: checkpoint written at step {self.state['step']}; exiting",
-                  file=sys.stderr)
+            print("exiting", file=sys.stderr)
             raise SystemExit(143)
 
     # -- the loop ---------------------------------------------------------------------------------------------
     def run(self) -> dict:
-        self.start_files()
+        self.start()
         self.install_signals()
         while True:
             try:
@@ -524,138 +578,50 @@ class Trainer:
 
     def loop(self) -> tuple[str, object]:
         """Train until the end, a divergence or a signal: ("completed"|"diverged", error) or ("signal", signum)."""
-        from scaling.data import batch_at
-
         r, t, s = self.plan, self.t, self.state
         seq_len, micro = self.cfg.model.seq_len, r.micro_batch_size
         self.model.train()
-        while s["step"] < r.steps:
-            step = s["step"]
+        while s.step < r.steps:
+            step = s.step
             t0 = time.perf_counter()
             x, y = batch_at(r.corpus.train, step, r.batch_size, seq_len, t.seed, self.dist.rank, self.dist.world_size)
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             micro_batches = list(zip(x.split(micro), y.split(micro)))
             loss_t = train_step(self.step_model, self.optimizer, micro_batches, r.schedule(step), t.grad_clip)
             ckpt_due = t.checkpoint_seconds > 0 and time.perf_counter() - self.last_ckpt_time >= t.checkpoint_seconds
-            loss, signum, ckpt_due = self._agree(loss_t, self.pending_signal, ckpt_due)
+            loss, signum, ckpt_due = self.dist.agree(loss_t, self.pending_signal, ckpt_due)
             dt = time.perf_counter() - t0
-            s.update(step=step + 1, train_time_s=s["train_time_s"] + dt, interval_time_s=s["interval_time_s"] + dt,
-                     interval_tokens=s["interval_tokens"] + r.batch_tokens, last_loss=loss,
-                     loss_sum=s["loss_sum"] + loss, loss_count=s["loss_count"] + 1)
-            self.progress.update(s["step"], loss, s["train_time_s"], r.batch_tokens)
+            s.step, s.last_loss = step + 1, loss
+            s.train_time_s += dt
+            s.interval_time_s += dt
+            s.interval_tokens += r.batch_tokens
+            s.loss_sum += loss
+            s.loss_count += 1
+            self.progress.update(s.step * r.batch_tokens, f"step {s.step}/{r.steps} loss {loss:.4f}")
             if self.on_step is not None:
-                self.on_step(s["step"], loss)
+                self.on_step(s.step, loss)
             diverged = self._divergence(loss, step)
             if diverged:
                 return "diverged", diverged
-            s["min_loss"] = min(s["min_loss"], loss)
-            if s["step"] % self.cfg.eval.every == 0 or s["step"] == r.steps:
+            s.min_loss = min(s.min_loss, loss)
+            if s.step % self.cfg.eval.every == 0 or s.step == r.steps:
                 self.log_metrics(evaluate(self.model, r.corpus, seq_len, self.cfg.eval.tokens, micro, self.device))
             if not self.dist.enabled:
                 signum = signum or self.pending_signal  # also one that arrived during the evaluation
-            if s["step"] == r.steps:
+            if s.step == r.steps:
                 break  # done: the summary is the record; a signal now needs no checkpoint
-            every = t.checkpoint_every > 0 and s["step"] % t.checkpoint_every == 0
+            every = t.checkpoint_every > 0 and s.step % t.checkpoint_every == 0
             if every or ckpt_due or signum:
                 self.checkpoint()
             if signum:
                 return "signal", signum
         return "completed", None
 
-    def _agree(self, loss_t: torch.Tensor, signum: int | None, ckpt_due: bool) -> tuple[float, int | None, bool]:
-        """Under DDP: the mean loss over ranks, and a signal or a due checkpoint seen by any rank; else as given."""
-        if not self.dist.enabled:
-            return loss_t.item(), signum, ckpt_due
-        import torch.distributed as tdist
-
-        loss = loss_t.detach().double().reshape(1)
-        flags = torch.tensor([float(signum or 0), float(ckpt_due)], dtype=torch.float64, device=self.device)
-        tdist.all_reduce(loss)
-        tdist.all_reduce(flags, op=tdist.ReduceOp.MAX)
-        return loss.item() / self.dist.world_size, int(flags[0].item()) or None, bool(flags[1].item())
-
     def _divergence(self, loss: float, step: int) -> str | None:
         if not math.isfinite(loss):
             return f"diverged: non-finite loss {loss} at step {step + 1}"
-        min_loss = self.state["min_loss"]
+        min_loss = self.state.min_loss
         if step >= self.plan.warmup_steps and loss > self.t.divergence_factor * min_loss:
             return (f"diverged: loss {loss:.4g} > divergence_factor {self.t.divergence_factor} x running minimum "
                     f"{min_loss:.4g} at step {step + 1}")
         return None
-
-
-# ---------------------------------------------------------------------------------------------------- helpers
-
-
-class Progress:
-    """A one-line progress bar with tokens/s and ETA on a TTY; otherwise a log line at most every 10 s (stderr)."""
-
-    def __init__(self, total: int, enabled: bool = True, stream=None, interval_s: float | None = None):
-        self.total, self.enabled = total, enabled
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
-        self.interval_s = interval_s if interval_s is not None else (0.2 if self.tty else 10.0)
-        self.last = -math.inf
-        self.drawn = False
-
-    def update(self, step: int, loss: float, train_time_s: float, batch_tokens: int) -> None:
-        now = time.perf_counter()
-        if not self.enabled or (now - self.last < self.interval_s and step < self.total):
-            return
-        self.last = now
-        rate = step * batch_tokens / max(train_time_s, 1e-9)
-        eta = (self.total - step) * batch_tokens / max(rate, 1e-9)
-        text = f"step {step}/{self.total} loss {loss:.4f} {rate:,.0f} tok/s ETA {_hms(eta)}"
-        if self.tty:
-            width = 24
-            filled = int(width * step / max(1, self.total))
-            self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {text}  ")
-            self.drawn = True
-        else:
-            self.stream.write(text + "\n")
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.enabled and self.drawn:
-            self.stream.write("\n")
-            self.stream.flush()
-            self.drawn = False
-
-
-def _hms(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
-def _finite(obj):
-    """Replace NaN/inf floats with None so the JSON is strict."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
-
-
-def _write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(_finite(obj), indent=1) + "\n")
-    os.replace(tmp, path)
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Keep the metrics lines up to `step` (the resumed checkpoint); drop later and torn ones."""
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line)["step"] <= step:
-                kept.append(line)
-        except (ValueError, KeyError, TypeError):
-            continue
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, path)
-

@@ -20,9 +20,12 @@ import torch
 from scaling.accounting import CONVENTIONS, count_params, flops_per_token
 from scaling.checkpoint import list_checkpoints
 from scaling.config import ModelConfig
+from scaling.errors import ConfigError
 from scaling.model import build_model
+from scaling.parallelize import parallelize
+from scaling.progress import Progress
 from scaling.schedule import Schedule
-from scaling.train import Progress, build_optimizer, load_run_config, param_groups, train
+from scaling.train import RunState, build_optimizer, load_run_config, param_groups, train
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["model.n_layer=2", "model.d_model=32", "model.n_heads=2", "model.seq_len=32", "train.batch_size=8",
@@ -295,9 +298,9 @@ def test_exception_is_recorded_as_failed_and_a_rerun_resumes(corpus, tmp_path):
 
 def test_progress_lines_are_rate_limited_off_a_tty():
     stream = io.StringIO()
-    p = Progress(total=100, stream=stream)
+    p = Progress(total=100 * 256, unit="tok", stream=stream)
     for step in range(1, 101):
-        p.update(step, 2.0, step * 0.01, 256)
+        p.update(step * 256, f"step {step}/100 loss {2.0:.4f}")
     lines = stream.getvalue().splitlines()
     assert len(lines) == 2 and lines[0].startswith("step 1/100") and lines[1].startswith("step 100/100")
     assert "tok/s" in lines[1] and "ETA" in lines[1]
@@ -310,3 +313,152 @@ def test_cli_train_runs_and_reports(corpus, tmp_path, capsys):
     rc = main(["train", *TINY, f"data.corpus={corpus}", "train.steps=2", f"out={out}", "--threads", "1"])
     assert rc == 0 and "status: completed" in capsys.readouterr().out
     assert torch.get_num_threads() >= 1 and (out / "summary.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------------- safe resume
+
+
+def preempt_at(corpus: Path, out: Path, step: int, *extra: str) -> None:
+    """Train until `step`, where SIGTERM makes it checkpoint and hand off to a handler that raises Preempted."""
+    old = signal.signal(signal.SIGTERM, lambda signum, frame: (_ for _ in ()).throw(Preempted()))
+    try:
+        with pytest.raises(Preempted):
+            run(corpus, out, *RESUME, *extra, on_step=signal_at(step))
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def test_ctrl_c_writes_a_checkpoint_then_resume_matches(corpus, tmp_path, reference):
+    out = tmp_path / "run"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with pytest.raises(KeyboardInterrupt):  # Python's own SIGINT handler, called after the checkpoint
+        run(corpus, out, *RESUME, on_step=signal_at(10, signal.SIGINT))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert [s for s, _ in list_checkpoints(out)] == [4, 8, 10]  # before: KeyboardInterrupt at once, no step 10
+    assert not (out / "summary.json").exists()
+    resumed = run(corpus, out, *RESUME)
+    assert resumed["val_loss"] == pytest.approx(reference[0]["val_loss"], abs=1e-6)
+    assert [m["step"] for m in metrics(out)] == [8, 16, 24]
+
+
+def test_second_ctrl_c_stops_at_once(corpus, tmp_path):
+    def twice(done: int, loss: float) -> None:
+        if done == 10:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        run(corpus, tmp_path / "run", *RESUME, on_step=twice)
+    assert [s for s, _ in list_checkpoints(tmp_path / "run")] == [4, 8]
+
+
+@pytest.mark.slow
+def test_cli_ctrl_c_checkpoints_and_exits_130(corpus, tmp_path):
+    args = [*TINY, f"data.corpus={corpus}", "train.steps=400", "eval.every=100", "train.checkpoint_every=10"]
+    out = tmp_path / "run"
+    env = dict(os.environ, SCALING_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "scaling.commands", "train", *args, f"out={out}", "-q"],
+                            env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not list_checkpoints(out) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        first = list_checkpoints(out)[0][0] if list_checkpoints(out) else None
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert first is not None and proc.returncode == 130, err
+    newest = list_checkpoints(out)[-1][0]
+    assert newest > first or newest == 400  # the step the Ctrl-C landed in was checkpointed
+    assert f"checkpoint written at step {newest}" in err and "Traceback" not in err
+    assert not (out / "summary.json").exists()
+
+
+def test_resume_on_a_changed_corpus_is_refused(corpus, tmp_path):
+    changed = tmp_path / "corpus.txt"
+    changed.write_text(corpus.read_text())
+    out = tmp_path / "run"
+    preempt_at(changed, out, 10)
+    before = (out / "metrics.jsonl").read_text(), list_checkpoints(out)
+    changed.write_text(corpus.read_text() + "\ndef added():\n    return 'new data'\n")
+    with pytest.raises(ConfigError, match=r"data\.corpus.*fingerprint"):
+        run(changed, out, *RESUME)
+    assert ((out / "metrics.jsonl").read_text(), list_checkpoints(out)) == before  # nothing touched
+    assert not (out / "summary.json").exists()
+    from scaling.commands import main
+
+    assert main(["train", *TINY, *RESUME, f"data.corpus={changed}", f"out={out}", "-q", "--threads", "1"]) == 2
+
+
+def test_wrong_shape_checkpoint_falls_back_to_the_previous(corpus, tmp_path, reference, capsys):
+    out, other = tmp_path / "run", tmp_path / "wider"
+    preempt_at(corpus, out, 10)
+    preempt_at(corpus, other, 10, "model.d_model=48")
+    newest = dict(list_checkpoints(out))[10]
+    newest.write_bytes(dict(list_checkpoints(other))[10].read_bytes())  # a readable checkpoint of another shape
+    capsys.readouterr()
+    resumed = run(corpus, out, *RESUME)
+    err = capsys.readouterr().err
+    assert "ckpt_10.pt" in err and "shape" in err
+    assert newest.with_name("ckpt_10.pt.rejected").exists()
+    assert resumed["status"] == "completed"
+    assert resumed["val_loss"] == pytest.approx(reference[0]["val_loss"], abs=1e-6)
+    assert [m["step"] for m in metrics(out)] == [8, 16, 24]
+
+
+def test_no_usable_checkpoint_starts_clean_with_a_warning(corpus, tmp_path, reference, capsys):
+    out, other = tmp_path / "run", tmp_path / "wider"
+    preempt_at(corpus, other, 10, "model.d_model=48")
+    (out / "checkpoints").mkdir(parents=True)
+    for step, path in list_checkpoints(other):
+        (out / "checkpoints" / path.name).write_bytes(path.read_bytes())
+    capsys.readouterr()
+    first = run(corpus, out, *RESUME)
+    assert "training from step 0" in capsys.readouterr().err
+    assert first["status"] == "completed" and first["steps"] == 24
+    assert first["val_loss"] == pytest.approx(reference[0]["val_loss"], abs=1e-6)
+    rejected = sorted(p.name for p in (out / "checkpoints").iterdir() if p.name.endswith(".rejected"))
+    assert rejected == sorted(f"{p.name}.rejected" for _, p in list_checkpoints(other))  # kept, never read again
+
+
+# ---------------------------------------------------------------------------------------------------- the rooms
+
+
+def test_run_state_round_trips_and_rejects_foreign_dicts():
+    state = RunState(step=7, train_time_s=1.5, loss_sum=3.0, loss_count=2, min_loss=1.25, last_loss=1.5)
+    again = RunState()
+    again.load_state_dict(state.state_dict())
+    assert again == state
+    for bad in ({**state.state_dict(), "extra": 1}, {k: v for k, v in state.state_dict().items() if k != "step"},
+                {**state.state_dict(), "step": "7"}, {**state.state_dict(), "loss_count": 2.5}, [1, 2]):
+        fresh = RunState()
+        with pytest.raises(ValueError, match="run state"):
+            fresh.load_state_dict(bad)
+        assert fresh == RunState()  # nothing half-loaded
+
+
+def test_parallelize_applies_compile_from_outside():
+    model = build_model(ModelConfig(n_layer=1, d_model=32, n_heads=2, seq_len=16, vocab_size=64))
+    plain = load_run_config(None, []).train
+    assert parallelize(model, plain) is model  # one process, no compile: the model itself
+    compiled = parallelize(model, load_run_config(None, ["train.compile=true"]).train)
+    assert compiled is not model and compiled._orig_mod is model  # torch.compile wraps; nothing compiles yet
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_time_train_steps_times_the_trainers_own_step(monkeypatch):
+    import scaling.train as trainer
+
+    calls = []
+    real = trainer.train_step
+
+    def counting(model, optimizer, micro_batches, lr, grad_clip=0.0):
+        calls.append((len(micro_batches), [g["weight_decay"] for g in optimizer.param_groups], lr, grad_clip))
+        return real(model, optimizer, micro_batches, lr, grad_clip)
+
+    monkeypatch.setattr(trainer, "train_step", counting)
+    cfg = load_run_config(None, [*TINY[:4], "train.lr=1e-3"])
+    seconds = trainer.time_train_steps(cfg.model, cfg.train, batch_size=4, micro_batch_size=2, steps=2)
+    assert math.isfinite(seconds) and seconds > 0
+    assert calls == [(2, [0.1, 0.0], 1e-3, 1.0)] * 3  # one warm-up + 2 timed steps, with the run's groups and clip
