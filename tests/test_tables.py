@@ -262,6 +262,17 @@ def test_batch_size_units_are_read_and_recorded():
         load_runs(df.drop(columns="seq_len"), batch_unit="sequences")
 
 
+def test_this_projects_runs_table_keeps_batch_in_tokens_and_its_own_C():
+    df = runs_table()
+    df["batch_size"], df["seq_len"], df["flop_convention"] = 64 * 256, 256, "exact"
+    df.loc[3, "C"] *= 1.3  # the exact convention's C/(N·D) varies with the shape: not an inconsistency here
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = load_runs(df)
+    assert (out["batch_size"] == 64 * 256).all() and out.attrs["batch_unit"] == "tokens" and len(out) == len(df)
+    assert out.attrs["parameter_count"] == "non-embedding"
+
+
 def test_parameter_count_is_declared_not_assumed():
     df = runs_table()
     assert _load_quiet(df).attrs["parameter_count"] == "unspecified"
