@@ -24,7 +24,6 @@ never asks.
 from __future__ import annotations
 
 import datetime as _dt
-import fcntl
 import json
 import math
 import os
@@ -47,7 +46,7 @@ from sweeps.executors.base import (
 )
 from sweeps.grid import plan
 from sweeps.spec import SweepSpec, load_spec, validate_resources
-from sweeps.store import FINAL, Store, now_iso, read_json, write_json_atomic
+from sweeps.store import FINAL, Store, read_json
 
 JOBS_FILE = "jobs.json"
 UNKNOWN_GRACE_S = 60.0  # seconds a just-submitted job may be unknown to its backend before it counts as over
@@ -269,26 +268,13 @@ def _live_states(jobs: dict[str, list[dict]], executor: Executor) -> dict[str, s
 
 
 def load_jobs(sweep_dir: str | os.PathLike) -> dict[str, list[dict]]:
-    """{run_id: [{"job_id", "backend", "submitted", "state"}, ...]} oldest first; {} when nothing was submitted."""
-    return read_json(Path(sweep_dir) / JOBS_FILE, default={}) or {}
+    """{run_id: [{"job_id", "backend", "submitted", "state"}, ...]} oldest first (jobs.json belongs to Store)."""
+    return Store(sweep_dir).jobs()
 
 
 def record_jobs(sweep_dir: str | os.PathLike, entries: list[tuple[str, str, str, str]]) -> None:
-    """Append (run_id, job_id, backend, state) records to jobs.json, or update the state of a known job id."""
-    if not entries:
-        return
-    sweep_dir = Path(sweep_dir)
-    with open(sweep_dir / "jobs.lock", "a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        jobs = load_jobs(sweep_dir)
-        for run_id, job_id, backend, state in entries:
-            records = jobs.setdefault(run_id, [])
-            known = next((rec for rec in records if rec["job_id"] == job_id), None)
-            if known is None:
-                records.append({"job_id": job_id, "backend": backend, "submitted": now_iso(), "state": state})
-            else:
-                known["state"] = state
-        write_json_atomic(sweep_dir / JOBS_FILE, jobs)
+    """Append (run_id, job_id, backend, state) records to jobs.json, or update a known job's state (Store)."""
+    Store(sweep_dir).record_jobs(entries)
 
 
 def _record_states(sweep_dir: Path, run_ids: list[str], jobs: list[Job], states: dict[str, str], backend: str):
