@@ -31,7 +31,15 @@ import numpy as np
 import torch
 
 from analysis.bootstrap import bootstrap_indices
-from analysis.result import LOSS_EXPONENT, FitResult, Interval, intervals_from_draws, unreliable_reasons
+from analysis.result import (
+    LOSS_EXPONENT,
+    MIN_OK_FRACTION,
+    MIN_RESAMPLE_UNITS,
+    FitResult,
+    Interval,
+    intervals_from_draws,
+    unreliable_reasons,
+)
 from scaling.errors import ConfigError
 
 SAMPLE_COLUMNS = ("E", "A", "B", "alpha", "beta")  # the law's parameters, drawn by the bootstrap
@@ -44,6 +52,12 @@ _RTOL = 1e-13  # converged when the predicted decrease is below _RTOL * objectiv
 _STALL_RTOL = 1e-9  # ... or when no step decreases it any more and the predicted decrease is below this
 _ATOL = 1e-25  # absolute floor on the predicted decrease (an exact fit has objective ~0; 1e-25 ~ residuals of 1e-12)
 _CHUNK = 512  # rows evaluated together (keeps the (rows, runs) temporaries in cache)
+_VANISH = 1e-6  # a term whose share of the model is below this at every run has vanished (its parameter is on a bound)
+_E_FRACTIONS = (0.02, 0.1, 0.3, 0.6, 0.9)  # restarts of a vanished E, as fractions of the smallest loss
+_MIN_BUDGET_DECADES = 0.1  # runs whose C = k N D spans less than this (decades) are one budget
+_MIN_DECADES = 0.3  # least spread of N and of D (decades)
+_MIN_CROSS_DECADES = 0.05  # least spread of (log10 N, log10 D) off their common line (sd along the minor axis)
+PARAMETRIC_BOOTSTRAP = ("runs", "budgets", "residual")
 
 
 def epoch_grid() -> np.ndarray:
@@ -80,19 +94,21 @@ def huber_objective(theta, N, D, L, delta: float = 1e-3) -> np.ndarray:
     return _evaluate(theta, _Data(*_check_inputs(N, D, L)), None, delta, "none")[0]
 
 
-def _evaluate(theta, data: _Data, counts, delta, derivatives: str = "irls"):
+def _evaluate(theta, data: _Data, counts, delta, derivatives: str = "irls", ys=None):
     """Objective f (S,) and, unless derivatives == "none", gradient g (S, 5), IRLS matrix H (S, 5, 5) and (when
     derivatives == "newton") the exact Hessian K (S, 5, 5) for S rows of theta; K is None otherwise.
 
     Works through the rows in chunks small enough for the CPU cache (the cost is memory traffic, not arithmetic).
-    counts: None (every run once) or an (S, n) array of run multiplicities (bootstrap).
+    counts: None (every run once) or an (S, n) array of run multiplicities (bootstrap). ys: None (the observed
+    log losses) or an (S, n) array of log losses per row (residual bootstrap).
     """
     parts = [_evaluate_chunk(theta[s:s + _CHUNK], data, None if counts is None else counts[s:s + _CHUNK], delta,
-                             derivatives) for s in range(0, len(theta), _CHUNK)]
+                             derivatives, None if ys is None else ys[s:s + _CHUNK])
+             for s in range(0, len(theta), _CHUNK)]
     return tuple(None if p[0] is None else np.concatenate(p) for p in zip(*parts))
 
 
-def _evaluate_chunk(theta, data: _Data, counts, delta, derivatives):
+def _evaluate_chunk(theta, data: _Data, counts, delta, derivatives, ys=None):
     """One chunk of _evaluate.
 
     With p the softmax weights of the three logsumexp terms and J_i = d log model_i / d theta =
@@ -118,7 +134,7 @@ def _evaluate_chunk(theta, data: _Data, counts, delta, derivatives):
     r = torch.log(total)
     if top is not None:
         r += top
-    r = r.neg_().add_(data.y).sub_(e)  # residual log L_obs - log L_model
+    r = r.neg_().add_(data.y if ys is None else torch.from_numpy(ys)).sub_(e)  # residual log L_obs - log L_model
     psi = r.clamp(-delta, delta)
     tmp = torch.add(r, psi, alpha=-0.5).mul_(psi)  # Huber(r) = psi * (r - psi / 2)
     if counts is not None:
@@ -217,10 +233,12 @@ def _solve_or_zero(A, rhs):
 
 @dataclass
 class _Batch:
-    """State of a batch of LM minimizations, one row per start (counts: None or one row of run counts per start)."""
+    """State of a batch of LM minimizations, one row per start (counts: None or one row of run counts per start;
+    ys: None or one row of log losses per start)."""
 
     theta: np.ndarray
     counts: np.ndarray | None
+    ys: np.ndarray | None
     origin: np.ndarray  # index of the start each row began from
     f: np.ndarray
     g: np.ndarray
@@ -236,11 +254,11 @@ class _Batch:
         return _Batch(**{k: None if v is None else v[idx] for k, v in vars(self).items()})
 
 
-def _start_batch(theta, counts, data: _Data, delta) -> _Batch:
+def _start_batch(theta, counts, data: _Data, delta, ys=None) -> _Batch:
     theta = np.array(theta, dtype=float)
     S = len(theta)
-    f, g, H, _ = _evaluate(theta, data, counts, delta)
-    return _Batch(theta, counts, np.arange(S), f, g, H, None, np.full(S, 1e-3), np.zeros(S, bool),
+    f, g, H, _ = _evaluate(theta, data, counts, delta, ys=ys)
+    return _Batch(theta, counts, ys, np.arange(S), f, g, H, None, np.full(S, 1e-3), np.zeros(S, bool),
                   np.zeros(S, bool), np.zeros(S, int), np.full(S, np.inf))
 
 
@@ -255,7 +273,7 @@ def _iterate(batch: _Batch, data: _Data, delta, n_iter: int, newton: bool = Fals
     """
     mode = "newton" if newton else "irls"
     if newton and batch.K is None:
-        batch.f, batch.g, batch.H, batch.K = _evaluate(batch.theta, data, batch.counts, delta, mode)
+        batch.f, batch.g, batch.H, batch.K = _evaluate(batch.theta, data, batch.counts, delta, mode, batch.ys)
     for _ in range(n_iter):
         idx = np.flatnonzero(~(batch.converged | batch.stalled))
         if idx.size == 0:
@@ -271,8 +289,9 @@ def _iterate(batch: _Batch, data: _Data, delta, n_iter: int, newton: bool = Fals
         M = batch.K[idx] if newton else H
         trial = batch.theta[idx] + _damped_solve(M, H, g, lam)
         counts = None if batch.counts is None else batch.counts[idx]
+        ys = None if batch.ys is None else batch.ys[idx]
         with np.errstate(all="ignore"):
-            ft, gt, Ht, Kt = _evaluate(trial, data, counts, delta, mode)
+            ft, gt, Ht, Kt = _evaluate(trial, data, counts, delta, mode, ys)
         ok = np.isfinite(ft) & (ft < f)
         acc, rej = idx[ok], idx[~ok]
         batch.theta[acc], batch.f[acc], batch.g[acc], batch.H[acc] = trial[ok], ft[ok], gt[ok], Ht[ok]
@@ -315,10 +334,14 @@ def _diverse_starts(batch: _Batch, starts: np.ndarray, n_optima: int = 3, n_grid
     return np.vstack([np.reshape(optima[1:], (-1, 5)), grid])
 
 
-def _natural(theta) -> np.ndarray:
-    """Rows (a, b, e, alpha, beta) -> rows (E, A, B, alpha, beta)."""
+def _natural(theta, e_bound=None) -> np.ndarray:
+    """Rows (a, b, e, alpha, beta) -> rows (E, A, B, alpha, beta); E = 0 exactly on rows flagged e_bound (a vanished
+    E term at a constrained optimum, e.g. e = -560, is reported as the bound it is)."""
     theta = np.atleast_2d(theta)
-    return np.column_stack([np.exp(theta[:, 2]), np.exp(theta[:, 0]), np.exp(theta[:, 1]), theta[:, 3], theta[:, 4]])
+    E = np.exp(theta[:, 2])
+    if e_bound is not None:
+        E = np.where(e_bound, 0.0, E)
+    return np.column_stack([E, np.exp(theta[:, 0]), np.exp(theta[:, 1]), theta[:, 3], theta[:, 4]])
 
 
 def allocation_constants(alpha, beta, A, B):
@@ -438,51 +461,180 @@ def _starts(grid) -> np.ndarray:
     return starts
 
 
+def _check_design(N: np.ndarray, D: np.ndarray, k: float) -> None:
+    """Refuse designs that cannot separate the N and D terms: one compute budget, too little spread in N or in D,
+    or N and D varying together (a ladder with a fixed tokens-per-parameter ratio)."""
+    lN, lD = np.log10(N), np.log10(D)
+    c_span = float(np.ptp(lN + lD))
+    if c_span < _MIN_BUDGET_DECADES:
+        raise ConfigError("N, D", "runs at more than one compute budget (one budget ties D to N through C = k N D, "
+                          "so the N and D terms cannot be told apart)",
+                          f"all {N.size} runs within x{10 ** c_span:.3g} of C = {np.median(k * N * D):.3g} FLOPs")
+    for name, values in (("N", lN), ("D", lD)):
+        if np.ptp(values) < _MIN_DECADES:
+            raise ConfigError(name, f"a spread of at least {_MIN_DECADES} decades to fit its power law",
+                              f"x{10 ** np.ptp(values):.3g} ({np.ptp(values):.3g} decades)")
+    minor = float(np.sqrt(max(np.linalg.eigvalsh(np.cov(lN, lD))[0], 0.0)))
+    if minor < _MIN_CROSS_DECADES:
+        raise ConfigError("N, D", f"runs that vary N and D independently (spread off their common line of at least "
+                          f"{_MIN_CROSS_DECADES} decades)", f"log D follows log N within {minor:.3g} decades")
+
+
 def _bootstrap_groups(bootstrap: str, budgets, n: int):
-    if bootstrap == "runs":
-        return None
+    if bootstrap not in PARAMETRIC_BOOTSTRAP:
+        raise ConfigError("bootstrap", " | ".join(repr(b) for b in PARAMETRIC_BOOTSTRAP), bootstrap)
     if bootstrap != "budgets":
-        raise ConfigError("bootstrap", "'runs' or 'budgets'", bootstrap)
+        return None
     if budgets is None:
         raise ConfigError("budgets", "one budget label per run when bootstrap='budgets'")
     groups = np.asarray(budgets).ravel()
     if len(groups) != n:
         raise ConfigError("budgets", f"one budget label per run ({n})", len(groups))
-    if len(np.unique(groups)) < 2:
-        raise ConfigError("budgets", "at least 2 distinct budgets to resample whole budgets", len(np.unique(groups)))
     return groups
 
 
-def _bootstrap_refits(theta_hat, extra_starts, data: _Data, delta, index_sets) -> tuple[np.ndarray, np.ndarray]:
-    """Refit every bootstrap resample at once; returns theta (R, 5) and converged flags (R,).
+def _log_terms(theta: np.ndarray, data: _Data) -> np.ndarray:
+    """The three logsumexp terms (a - alpha log N, b - beta log D, e) per row and run: (S, n, 3)."""
+    x1, x2 = data.x1.numpy(), data.x2.numpy()
+    a, b, e, alpha, beta = (theta[:, j:j + 1] for j in range(5))
+    return np.stack([a - alpha * x1, b - beta * x2, np.broadcast_to(e, (len(theta), data.n))], axis=-1)
+
+
+def _term_shares(theta: np.ndarray, data: _Data) -> np.ndarray:
+    """Largest share over the runs of each term (A/N^alpha, B/D^beta, E) in the model: (S, 3). A share below
+    _VANISH means the term has vanished: its parameter sits on a bound (E -> 0, A -> 0 or alpha -> large)."""
+    t = _log_terms(theta, data)
+    with np.errstate(over="ignore", invalid="ignore"):
+        p = np.exp(t - t.max(axis=-1, keepdims=True))
+        p /= p.sum(axis=-1, keepdims=True)
+    return np.nan_to_num(p, nan=0.0).max(axis=1)
+
+
+def _observed(data: _Data, ys, rows: int) -> np.ndarray:
+    return np.broadcast_to(data.y.numpy(), (rows, data.n)) if ys is None else ys
+
+
+def _E_slope_at_zero(theta, data: _Data, counts, ys, delta) -> np.ndarray:
+    """d objective / d E at E = 0 (natural E) for each row: negative when raising E off its bound lowers it."""
+    t = _log_terms(theta, data)
+    log_m = np.logaddexp(t[..., 0], t[..., 1])  # log model without the E term
+    psi = np.clip(_observed(data, ys, len(theta)) - log_m, -delta, delta)
+    c = 1.0 if counts is None else counts
+    with np.errstate(over="ignore"):
+        return -(c * psi * np.exp(-log_m)).sum(axis=1)
+
+
+def _restart_E(theta, f, counts, ys, data: _Data, delta) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Refit rows whose E vanished from E = fraction x (smallest loss) for each of _E_FRACTIONS, keeping the rest of
+    the row; returns the best (theta, f, converged) per row (the input row where no restart did better)."""
+    R, m = len(theta), len(_E_FRACTIONS)
+    y = _observed(data, ys, R)
+    present = np.ones_like(y, dtype=bool) if counts is None else counts > 0
+    log_lmin = np.where(present, y, np.inf).min(axis=1)
+    starts = np.repeat(theta, m, axis=0)
+    starts[:, 2] = np.repeat(log_lmin, m) + np.tile(np.log(_E_FRACTIONS), R)
+    batch = _start_batch(starts, _repeat_rows(counts, m), data, delta, _repeat_rows(ys, m))
+    _iterate(batch, data, delta, 2 * _ROUND_ITERS)
+    pick = np.arange(R) * m + np.argmin(np.where(np.isfinite(batch.f), batch.f, np.inf).reshape(R, m), axis=1)
+    batch = batch.take(pick)
+    _iterate(batch, data, delta, _MAX_ITER, newton=True)
+    better = np.isfinite(batch.f) & (batch.f < f * (1 - 1e-10))
+    return (np.where(better[:, None], batch.theta, theta), np.where(better, batch.f, f),
+            better & batch.converged)
+
+
+@dataclass
+class _Settled:
+    """Minimizations after the boundary check: theta, f, converged per row, and what the check found."""
+
+    theta: np.ndarray
+    f: np.ndarray
+    converged: np.ndarray
+    escaped: np.ndarray  # E had vanished and a restart found a lower objective with E > 0
+    e_bound: np.ndarray  # E -> 0 is a constrained optimum (raising E does not lower the objective)
+    e_stuck: np.ndarray  # E -> 0 although raising E lowers the objective: stalled on the bound
+    a_gone: np.ndarray  # the A/N^alpha term vanished
+    b_gone: np.ndarray  # the B/D^beta term vanished
+
+
+def _settle(theta, f, converged, counts, ys, data: _Data, delta) -> _Settled:
+    """Detect minimizations that ended with a vanished term; restart those with E -> 0 off the bound and keep the
+    lower objective; classify what remains (a constrained optimum at E = 0, or a stall on the bound)."""
+    theta, f, converged = theta.copy(), f.copy(), converged.copy()
+    escaped = np.zeros(len(theta), bool)
+    vanished_E = _term_shares(theta, data)[:, 2] < _VANISH
+    rows = np.flatnonzero(vanished_E & np.isfinite(f))
+    if rows.size:
+        t2, f2, c2 = _restart_E(theta[rows], f[rows], _rows(counts, rows), _rows(ys, rows), data, delta)
+        moved = f2 < f[rows]
+        escaped[rows[moved]] = True
+        theta[rows], f[rows] = t2, f2
+        converged[rows[moved]] = c2[moved]
+    shares = _term_shares(theta, data)
+    gone = shares < _VANISH
+    slope = np.zeros(len(theta))
+    if gone[:, 2].any():
+        at = gone[:, 2]
+        slope[at] = _E_slope_at_zero(theta[at], data, _rows(counts, at), _rows(ys, at), delta)
+    return _Settled(theta, f, converged, escaped, gone[:, 2] & (slope >= 0), gone[:, 2] & (slope < 0),
+                    gone[:, 0], gone[:, 1])
+
+
+def _rows(v: np.ndarray | None, idx) -> np.ndarray | None:
+    return None if v is None else v[idx]
+
+
+def _repeat_rows(v: np.ndarray | None, times: int) -> np.ndarray | None:
+    return None if v is None else np.repeat(v, times, axis=0)
+
+
+def _bootstrap_refits(theta_hat, extra_starts, data: _Data, delta, counts=None, ys=None) -> _Settled:
+    """Refit every bootstrap resample at once (rows of run counts, or rows of simulated log losses).
 
     Each resample starts from theta_hat and from extra_starts (other local optima of the full fit). All
-    (resample, start) pairs form one LM batch with per-row run counts; after 2 * _ROUND_ITERS iterations the best
-    start of each resample goes on to convergence.
+    (resample, start) pairs form one LM batch; after 2 * _ROUND_ITERS iterations the best start of each resample goes
+    on to convergence, and then through the same boundary check as the full fit (_settle).
     """
     starts = np.vstack([np.atleast_2d(theta_hat), np.reshape(extra_starts, (-1, 5))])
     n_s = len(starts)
-    counts = np.array([np.bincount(idx, minlength=data.n) for idx in index_sets], dtype=float)
-    R = len(counts)
-    batch = _start_batch(np.tile(starts, (R, 1)), np.repeat(counts, n_s, axis=0), data, delta)
+    R = len(counts) if counts is not None else len(ys)
+    batch = _start_batch(np.tile(starts, (R, 1)), _repeat_rows(counts, n_s), data, delta, _repeat_rows(ys, n_s))
     if n_s > 1:
         _iterate(batch, data, delta, 2 * _ROUND_ITERS)
         f = np.where(np.isfinite(batch.f), batch.f, np.inf).reshape(R, n_s)
         batch = batch.take(np.arange(R) * n_s + np.argmin(f, axis=1))
     _iterate(batch, data, delta, _MAX_ITER, newton=True)
-    return batch.theta, batch.converged
+    return _settle(batch.theta, batch.f, batch.converged, counts, ys, data, delta)
+
+
+def _residual_sigma(residuals: np.ndarray, sigma) -> tuple[float, int, str]:
+    """Noise sd of log L for the residual bootstrap: the given sigma, or a robust estimate (1.4826 x the median
+    absolute deviation of the log residuals; the fit is robust, so is its noise estimate) with n - 5 dof."""
+    dof = residuals.size - 5
+    if sigma is not None:
+        return float(sigma), dof, "given"
+    mad = float(np.median(np.abs(residuals - np.median(residuals))))
+    return 1.4826 * mad, dof, "residuals (robust: 1.4826 x MAD)"
 
 
 def fit_parametric(N, D, L, *, k: float = 6.0, delta: float = 1e-3, grid="epoch", n_boot: int = 0, seed: int = 0,
-                   bootstrap: str = "runs", budgets=None) -> ParametricFit:
+                   bootstrap: str = "runs", budgets=None, sigma: float | None = None) -> ParametricFit:
     """Fit L = E + A/N^alpha + B/D^beta (N params, D tokens, L loss) by summed Huber loss on log L.
 
     k: FLOPs per parameter per token (C = k N D) for the allocation constants. grid: "epoch" (4,500 starts) or an
     (n, 5) array of starts (log A, log B, log E, alpha, beta). n_boot: bootstrap refits (0 = none); bootstrap="runs"
-    resamples runs, "budgets" resamples whole budgets (needs `budgets`, one label per run). success is False when
-    the best start did not converge; bootstrap replicates that did not converge are dropped and counted
-    (diagnostics n_boot_failed). diagnostics: objective (summed Huber), n_starts, converged, iterations, grad_norm
-    (max |gradient| of the objective at the optimum), huber_delta, n_points, rmse_log (RMS of log residuals).
+    resamples runs, "budgets" resamples whole budgets (needs `budgets`, one label per run; with fewer than
+    MIN_RESAMPLE_UNITS budgets the residual bootstrap is used instead), "residual" simulates log L = fitted + Gaussian
+    noise of sd `sigma` (sd of log L; default: a robust estimate from the residuals) and refits. When fewer than 90%
+    of the runs/budgets refits succeed, the residual bootstrap replaces them (diagnostics bootstrap_fallback).
+
+    Refuses (ConfigError) designs that cannot separate N from D (one budget, little spread, N and D in lockstep).
+    A minimization that ends with E -> 0 (a flat region: the E term has vanished) is restarted with E > 0 and the
+    lower objective kept (diagnostics stall); an E = 0 that remains is either a constrained optimum (flagged in
+    diagnostics boundary and in unreliable) or a stall (success False). Bootstrap refits that stall on a bound, or
+    lose the N or D term, are failed draws. success is False when the best start did not converge.
+    diagnostics: objective (summed Huber), n_starts, converged, iterations, grad_norm, huber_delta, n_points,
+    rmse_log (RMS of log residuals), bootstrap (the method used), n_boot_failed.
     """
     N, D, L = _check_inputs(N, D, L)
     if not (np.isfinite(k) and k > 0):
@@ -491,51 +643,118 @@ def fit_parametric(N, D, L, *, k: float = 6.0, delta: float = 1e-3, grid="epoch"
         raise ConfigError("delta", "a positive Huber threshold", delta)
     if n_boot < 0:
         raise ConfigError("n_boot", "a non-negative number of bootstrap refits", n_boot)
+    if sigma is not None and not (np.isfinite(sigma) and sigma > 0):
+        raise ConfigError("sigma", "a positive standard deviation of log L", sigma)
     groups = _bootstrap_groups(bootstrap, budgets, len(N))
     starts = _starts(grid)
+    _check_design(N, D, k)
     data = _Data(N, D, L)
     with _one_thread():
         best = _minimize_starts(starts, data, delta)
-    theta = best.theta[0]
-    E, A, B, alpha, beta = (float(v) for v in _natural(theta)[0])
+        settled = _settle(best.theta[:1], best.f[:1], best.converged[:1], None, None, data, delta)
+    theta = settled.theta[0]
+    E, A, B, alpha, beta = (float(v) for v in _natural(theta, settled.e_bound)[0])
     a, b, G = (float(v) for v in allocation_constants(alpha, beta, A, B))
     params = {"E": E, "A": A, "B": B, "alpha": alpha, "beta": beta, "a": a, "b": b, "G": G}
     residuals = np.log(L) - np.log(E + A * N ** -alpha + B * D ** -beta)
-    success, message = bool(best.converged[0]), ""
-    if not success:
+    success, message = bool(settled.converged[0]), ""
+    boundary = _boundary_reasons(settled, 0)
+    if settled.e_stuck[0]:
+        success = False
+        message = "stalled at E -> 0 although raising E lowers the objective; no restart reached the optimum"
+    elif not success:
         message = (f"best start did not converge (predicted decrease {best.decrement[0]:.3g} at objective "
                    f"{best.f[0]:.6g} after {best.iters[0]} iterations)")
     elif not np.isfinite(G):
         message = "alpha + beta <= 0: no compute-optimal allocation"
     diagnostics = {
-        "objective": float(best.f[0]), "n_starts": len(starts), "n_refined": len(best.theta),
+        "objective": float(settled.f[0]), "n_starts": len(starts), "n_refined": len(best.theta),
         "n_converged": int(best.converged.sum()), "converged": success, "iterations": int(best.iters[0]),
         "grad_norm": float(np.abs(best.g[0]).max()), "huber_delta": delta, "n_points": len(N),
-        "rmse_log": float(np.sqrt(np.mean(residuals ** 2))), "sample_columns": list(SAMPLE_COLUMNS),
-        "bootstrap": bootstrap,
+        "rmse_log": float(np.sqrt(np.mean(residuals ** 2))), "bootstrap": bootstrap,
     }
+    if settled.escaped[0]:
+        diagnostics["stall"] = (f"the best start stopped at E = {np.exp(best.theta[0, 2]):.3g} (objective "
+                                f"{best.f[0]:.10g}); restarted off the bound: E = {E:.4g}, objective "
+                                f"{settled.f[0]:.10g}")
+        diagnostics["stalled_objective"] = float(best.f[0])
+        diagnostics["stalled_E"] = float(np.exp(best.theta[0, 2]))
+    if boundary:
+        diagnostics["boundary"] = "; ".join(boundary.values())
     fit = ParametricFit(params=params, diagnostics=diagnostics, success=success, message=message, k=float(k))
     if n_boot and not success:
-        fit.diagnostics["bootstrap_skipped"] = "the full-data fit did not converge"
+        fit.diagnostics["bootstrap_skipped"] = f"the full-data fit did not succeed ({message})"
     elif n_boot:
         with _one_thread():
-            _add_bootstrap(fit, theta, _diverse_starts(best, starts), data, delta, n_boot, seed, groups)
+            _add_bootstrap(fit, theta, _diverse_starts(best, starts), data, delta, n_boot, seed, bootstrap, groups,
+                           residuals, sigma)
     if not fit.intervals:
         reason = fit.diagnostics.get("bootstrap_skipped", "no bootstrap (n_boot = 0)")
         fit.intervals = {name: Interval.undetermined(reason) for name in DRAW_NAMES}
     fit.unreliable = unreliable_reasons(params, fit.intervals, exponents={"alpha": LOSS_EXPONENT,
-                                                                          "beta": LOSS_EXPONENT}, spans=("E",))
+                                                                          "beta": LOSS_EXPONENT},
+                                   spans=("E", "A", "B"))
+    fit.unreliable.update(boundary)
     return fit
 
 
-def _add_bootstrap(fit: ParametricFit, theta, extra, data, delta, n_boot, seed, groups) -> None:
-    index_sets = bootstrap_indices(data.n, n_boot, seed, groups)
-    thetas, ok = _bootstrap_refits(theta, extra, data, delta, index_sets)
-    samples = _natural(thetas)
+def _boundary_reasons(settled: _Settled, row: int) -> dict[str, str]:
+    """Parameter -> why it sits on a bound, for one row of a settled minimization."""
+    out = {}
+    if settled.e_bound[row]:
+        out["E"] = "at the bound E -> 0 (a constrained optimum: these runs do not resolve an irreducible loss)"
+    if settled.e_stuck[row]:
+        out["E"] = "stalled at the bound E -> 0"
+    if settled.a_gone[row]:
+        out["A"] = "the A/N^alpha term vanished (A -> 0): these runs show no dependence on N"
+    if settled.b_gone[row]:
+        out["B"] = "the B/D^beta term vanished (B -> 0): these runs show no dependence on D"
+    return out
+
+
+def _add_bootstrap(fit: ParametricFit, theta, extra, data: _Data, delta, n_boot, seed, bootstrap, groups,
+                   residuals, sigma) -> None:
+    """Bootstrap draws by name and their intervals, with the fallbacks of fit_parametric's docstring."""
+    method, note = bootstrap, ""
+    if method == "budgets" and np.unique(groups).size < MIN_RESAMPLE_UNITS:
+        method, note = "residual", (f"only {np.unique(groups).size} budgets (< {MIN_RESAMPLE_UNITS}) to resample: "
+                                    "residual bootstrap")
+    draws, ok, failed = _bootstrap_draws(theta, extra, data, delta, n_boot, seed, method, groups, residuals, sigma,
+                                         fit)
+    if method != "residual" and ok.sum() < MIN_OK_FRACTION * n_boot:
+        note = f"only {int(ok.sum())}/{n_boot} {method} refits succeeded: residual bootstrap"
+        method = "residual"
+        draws, ok, failed = _bootstrap_draws(theta, extra, data, delta, n_boot, seed, method, groups, residuals,
+                                             sigma, fit)
+    fit.draws = draws
+    fit.intervals = intervals_from_draws(draws, method=f"bootstrap:{method}")
+    fit.diagnostics.update({"bootstrap": method, "n_boot_requested": n_boot, "n_boot_failed": int((~ok).sum()),
+                            **failed})
+    if note:
+        fit.diagnostics["bootstrap_fallback"] = note
+
+
+def _bootstrap_draws(theta, extra, data: _Data, delta, n_boot, seed, method, groups, residuals, sigma,
+                     fit: ParametricFit):
+    """One bootstrap of the given method: draws by name (NaN = failed), success flags, failure counts by cause."""
+    counts = ys = None
+    if method == "residual":
+        s, dof, source = _residual_sigma(residuals, sigma)
+        rng = np.random.default_rng(seed)
+        scale = s * np.sqrt(dof / rng.chisquare(dof, size=n_boot)) if sigma is None else np.full(n_boot, s)
+        log_fit = data.y.numpy() - residuals
+        ys = log_fit[None, :] + rng.standard_normal((n_boot, data.n)) * scale[:, None]
+        fit.noise = {"sigma": s, "dof": dof, "source": source}
+    else:
+        counts = np.array([np.bincount(idx, minlength=data.n)
+                           for idx in bootstrap_indices(data.n, n_boot, seed, groups)], dtype=float)
+    st = _bootstrap_refits(theta, extra, data, delta, counts, ys)
+    ok = st.converged & ~st.e_stuck & ~st.a_gone & ~st.b_gone
+    samples = _natural(st.theta, st.e_bound)
     samples[~ok] = np.nan
     a, b, G = allocation_constants(samples[:, 3], samples[:, 4], samples[:, 1], samples[:, 2])
-    fit.draws = dict(zip(SAMPLE_COLUMNS, samples.T)) | {"a": a, "b": b, "G": G}
-    method = "bootstrap:" + ("runs" if groups is None else "budgets")
-    fit.intervals = intervals_from_draws(fit.draws, method=method)
-    fit.diagnostics["n_boot_requested"] = n_boot
-    fit.diagnostics["n_boot_failed"] = int((~ok).sum())
+    draws = dict(zip(SAMPLE_COLUMNS, samples.T)) | {"a": a, "b": b, "G": G}
+    failed = {"n_boot_not_converged": int((~st.converged).sum()), "n_boot_stuck_on_bound": int(st.e_stuck.sum()),
+              "n_boot_term_vanished": int((st.a_gone | st.b_gone).sum()), "n_boot_restarted": int(st.escaped.sum()),
+              "n_boot_E_at_bound": int(st.e_bound.sum())}
+    return draws, ok, failed

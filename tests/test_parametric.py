@@ -218,6 +218,81 @@ def test_chinchilla_bootstrap_replicates_match_full_multistart_refits(chinchilla
         assert (E, alpha, beta) == pytest.approx((full.E, full.alpha, full.beta), abs=1e-4)
 
 
+# ---- stalls, bounds and designs that cannot identify the law ---------------------------------------------------
+
+
+def ladder_runs(seed: int = 8):
+    """A 20-run ladder (three tokens-per-parameter ratios, 1% noise) whose best fit is E -> 0: the irreducible loss
+    (true E = 1.9) is not resolved by these runs."""
+    N = np.geomspace(1e7, 5e8, 20)
+    D = N * np.tile([5.0, 20.0, 80.0], 7)[:20]
+    L = (1.9 + 400 * N ** -0.34 + 1800 * D ** -0.28) * np.exp(0.01 * np.random.default_rng(seed).standard_normal(20))
+    return N, D, L
+
+
+def test_a_start_stalled_at_E_zero_goes_on_to_the_true_optimum():
+    # Started at e = log E = -500, the E term has no weight (share ~1e-217), its gradient vanishes, and LM
+    # "converges" there with everything else adjusted (objective 5.5e-4). Restarted with E > 0 it reaches E ~ 1.77
+    # with a 5x lower objective.
+    N, D, L, _ = synthetic_runs(noise=0.005, seed=0)
+    fit = fit_parametric(N, D, L, grid=[[np.log(400.0), np.log(1800.0), -500.0, 0.34, 0.28]])
+    assert fit.success and "stall" in fit.diagnostics
+    assert fit.diagnostics["stalled_E"] < 1e-200
+    assert fit.diagnostics["objective"] < fit.diagnostics["stalled_objective"] / 2
+    assert fit.params["E"] == pytest.approx(TRUE["E"], abs=0.2) and "E" not in fit.unreliable
+    theta = [np.log(fit.A), np.log(fit.B), np.log(fit.E), fit.alpha, fit.beta]
+    assert huber_objective(theta, N, D, L)[0] == pytest.approx(fit.diagnostics["objective"], rel=1e-9)
+
+
+def test_bootstrap_refits_stalled_on_the_bound_are_restarted():
+    N, D, L, _ = synthetic_runs(noise=0.005, seed=0)
+    data = parametric._Data(N, D, L)
+    stalled = np.array([np.log(400.0), np.log(1800.0), -500.0, 0.34, 0.28])
+    counts = np.array([np.bincount(i, minlength=len(N)) for i in bootstrap_indices(len(N), 8, seed=2)], float)
+    with parametric._one_thread():
+        st = parametric._bootstrap_refits(stalled, np.empty((0, 5)), data, 1e-3, counts)
+    assert st.escaped.all() and not st.e_stuck.any()
+    assert np.all(np.exp(st.theta[:, 2]) > 1.0)
+
+
+def test_E_at_its_bound_is_reported_as_a_bound_with_an_honest_interval():
+    N, D, L = ladder_runs()
+    fit = fit_parametric(N, D, L, n_boot=100, seed=0)
+    assert fit.success and fit.params["E"] == 0.0
+    assert "bound E -> 0" in fit.unreliable["E"] and "bound" in fit.diagnostics["boundary"]
+    assert "UNRELIABLE" in fit.summary()
+    E = fit.intervals["E"]
+    assert E.determined and E.lo == 0.0 and E.hi > 1.0  # not [0, 1e-126]: the data allow E up to the truth
+    assert fit.diagnostics["n_boot_E_at_bound"] > 0
+
+
+@pytest.mark.parametrize("design, message", [
+    (lambda N, D: (N, 1e20 / (6 * N)), "more than one compute budget"),  # one budget: E = 2.6e-243 before
+    (lambda N, D: (np.full_like(N, 1e8) * np.linspace(1, 1.5, N.size), D), "spread"),
+    (lambda N, D: (N, 20 * N), "vary N and D independently"),  # a ladder at 20 tokens per parameter
+])
+def test_designs_that_cannot_separate_N_and_D_are_refused(design, message):
+    N, D, _, _ = synthetic_runs(noise=0.0)
+    N, D = design(N, D)
+    L = true_loss(N, D) * np.exp(0.005 * np.random.default_rng(0).standard_normal(N.size))
+    with pytest.raises(ConfigError, match=message):
+        fit_parametric(N, D, L)
+
+
+def test_residual_bootstrap_and_fallback_for_few_budgets():
+    N, D, L, budgets = synthetic_runs(noise=0.005, seed=3)
+    grid = epoch_grid()[::5]
+    fit = fit_parametric(N, D, L, n_boot=100, seed=0, bootstrap="residual", grid=grid)
+    assert fit.intervals["alpha"].method == "bootstrap:residual" and fit.noise["source"].startswith("residuals")
+    assert fit.noise["dof"] == len(N) - 5 and 0.002 < fit.noise["sigma"] < 0.01  # true noise sd 0.005
+    for name in ("E", "alpha", "beta"):
+        assert fit.intervals[name].contains(TRUE[name]), name
+    few = np.where(budgets < np.median(budgets), 0, 1)  # two budget labels: too few to resample
+    fit2 = fit_parametric(N, D, L, n_boot=50, seed=0, bootstrap="budgets", budgets=few, grid=grid)
+    assert fit2.diagnostics["bootstrap"] == "residual" and "2 budgets" in fit2.diagnostics["bootstrap_fallback"]
+    assert fit2.intervals["E"].method == "bootstrap:residual"
+
+
 # ---- bad input and non-convergence -----------------------------------------------------------------------------
 
 
