@@ -44,7 +44,6 @@ import heapq
 import json
 import math
 import os
-import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -567,31 +566,16 @@ def measure_throughput(spec: SweepSpec, runs: list[PlannedRun], steps: int = 3) 
 
 
 def _time_steps(spec: SweepSpec, run: PlannedRun, steps: int) -> float:
-    """FLOP/s (sweep convention) of `steps` AdamW steps on random tokens, after one untimed warmup step."""
-    import torch
+    """FLOP/s (sweep convention) of the trainer's own step (`scaling.train.time_train_steps`: its model, compile,
+    optimizer groups, autocast and micro-batching) for this run, on random tokens, after one untimed warm-up step."""
+    import torch  # heavy: imported only when --measure asks for it
 
-    from scaling.model import build_model
+    from scaling.train import time_train_steps
 
-    cfg = ModelConfig.from_dict(run.config["model"])
+    cfg = RunConfig.from_dict(run.config)
     device = "cuda" if spec.resources.gpus and torch.cuda.is_available() else "cpu"
     if device == "cpu" and spec.backend.local.threads_per_run:
         torch.set_num_threads(spec.backend.local.threads_per_run)
-    model = build_model(cfg).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    batch = min(run.batch_size, _micro_batch(spec) if _micro_batch(spec) > 1 else run.batch_size)
-    idx = torch.randint(0, cfg.vocab_size, (batch, cfg.seq_len + 1), device=device)
-    t0 = 0.0
-    for i in range(steps + 1):
-        if i == 1:
-            if device == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-        logits = model(idx[:, :-1])
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), idx[:, 1:].reshape(-1))
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    if device == "cuda":
-        torch.cuda.synchronize()
-    elapsed = time.perf_counter() - t0
-    return run.flops_per_token[run.flop_convention] * batch * cfg.seq_len * steps / elapsed
+    batch = cfg.train.micro_batch_size or run.batch_size  # one micro-batch per step: the same rate, less waiting
+    seconds = time_train_steps(cfg.model, cfg.train, batch, device=device, steps=steps)
+    return run.flops_per_token[run.flop_convention] * batch * cfg.model.seq_len / seconds

@@ -156,3 +156,21 @@ def test_prior_from_fit_reads_both_fit_json_schemas(tmp_path):
     path.write_text('{"isoflop": ')  # torn
     with pytest.raises(ConfigError, match=r"^grid\.prior_fit: .*a complete JSON file"):
         prior_from_fit(path)
+
+
+def test_measure_times_the_trainers_own_step(small, monkeypatch):
+    import scaling.train
+    from sweeps.grid import measure_throughput
+
+    calls = []
+
+    def fake_time_train_steps(model_cfg, train_cfg, batch_size, *, micro_batch_size=None, device="cpu", steps=3):
+        calls.append((model_cfg.d_model, train_cfg.lr, batch_size, device))
+        return 0.5
+
+    monkeypatch.setattr(scaling.train, "time_train_steps", fake_time_train_steps)
+    runs = plan(load_spec(small))
+    rate = measure_throughput(load_spec(small), runs)
+    smallest = min(runs, key=lambda r: r.N)
+    assert rate(smallest) == pytest.approx(smallest.flops_per_token["6N"] * smallest.batch_size * 32 / 0.5)
+    assert len(calls) == 2 and all(device == "cpu" for *_, device in calls)
