@@ -314,9 +314,14 @@ def _status_reason(status: str) -> str:
 # ---------------------------------------------------------------- curves
 
 
+CHECKPOINT_MEASURES = ("step", "D", "C", "loss")  # per-checkpoint values; every other column describes the run
+
+
 def _split_curves(df: pd.DataFrame, where: str) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """(one row per run, per-checkpoint rows or None). A run id on several rows with a step, or with D increasing,
-    marks training curves; a run's row is its last checkpoint (by step, else D) with a finite loss."""
+    marks training curves; a run's row is its last checkpoint (by step, else D) with a finite loss. Run-level
+    columns missing on that row (status, N, ... logged once per run) take the run's last value given; lr takes the
+    run's largest (a logged schedule's peak, not its decayed last value)."""
     if "run_id" not in df.columns:
         return df, None
     run = df["run_id"].astype(str)
@@ -324,28 +329,36 @@ def _split_curves(df: pd.DataFrame, where: str) -> tuple[pd.DataFrame, pd.DataFr
         return df, None
     order_col = "step" if "step" in df.columns else "D"
     key = df[order_col].to_numpy(float)
+    if not np.isfinite(key).all():
+        raise ConfigError(f"{where}: column {order_col}", "a number on every checkpoint row of a per-checkpoint table",
+                          f"{int((~np.isfinite(key)).sum())} rows without one")
     checkpoints = df.assign(run_id=run, _order=key).sort_values(["run_id", "_order"], kind="stable")
     repeated = checkpoints.duplicated(["run_id", "_order"], keep=False)
     if repeated.any():
         bad = checkpoints.loc[repeated, "run_id"].unique()
         raise ConfigError(f"{where}: run_id", f"one row per run and {order_col} (rows of one run are checkpoints of "
                           f"its training curve; replicates need their own run ids)",
-                          f"{int(repeated.sum())} rows repeat a ({'run_id'}, {order_col}) pair, e.g. runs "
+                          f"{int(repeated.sum())} rows repeat a (run_id, {order_col}) pair, e.g. runs "
                           f"{list(bad[:_MAX_LISTED])}")
+    checkpoints = checkpoints.drop(columns="_order")
     finite = np.isfinite(checkpoints["loss"].to_numpy(float))
     last = checkpoints[finite].drop_duplicates("run_id", keep="last")
     no_loss = checkpoints[~checkpoints["run_id"].isin(last["run_id"])].drop_duplicates("run_id", keep="last")
-    runs = pd.concat([last, no_loss]).drop(columns="_order")
-    if "lr" in runs.columns:  # a logged schedule: the run's LR is its peak, not the last (decayed) value
-        runs["lr"] = runs["run_id"].map(checkpoints.groupby("run_id", sort=False)["lr"].max())
-    return runs, checkpoints.drop(columns="_order")
+    runs = pd.concat([last, no_loss])
+    by_run = checkpoints.groupby("run_id", sort=False)
+    for col in runs.columns:
+        if col == "lr":
+            runs[col] = runs["run_id"].map(by_run[col].max())
+        elif col not in CHECKPOINT_MEASURES and col != "run_id" and runs[col].isna().any():
+            runs[col] = runs[col].fillna(runs["run_id"].map(by_run[col].last()))
+    return runs, checkpoints
 
 
-def _metrics_table(checkpoints: pd.DataFrame, keep_runs: pd.Series, budget: dict) -> pd.DataFrame:
-    """The kept runs' checkpoints in the sweep folder's metrics layout (METRIC_COLUMNS)."""
-    ck = checkpoints[checkpoints["run_id"].isin(keep_runs.to_numpy())]
-    ids = pd.Index(list(budget))
-    budgets = np.fromiter(budget.values(), dtype=float, count=len(budget))
+def _metrics_table(checkpoints: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """The kept runs' checkpoints in the sweep folder's metrics layout (METRIC_COLUMNS); N and budget are the run's."""
+    ck = checkpoints[checkpoints["run_id"].isin(runs["run_id"].to_numpy())]
+    ids = pd.Index(runs["run_id"])
+    budgets, run_N = runs["budget"].to_numpy(float), runs["N"].to_numpy(float)
     n = len(ck)
     nan = np.full(n, np.nan)
     out = pd.DataFrame({
@@ -357,7 +370,7 @@ def _metrics_table(checkpoints: pd.DataFrame, keep_runs: pd.Series, budget: dict
         if "train_loss" in ck.columns else nan,
         "val_loss": ck["loss"].to_numpy(float),
         "lr": ck["lr"].to_numpy(float) if "lr" in ck.columns else nan,
-        "N": ck["N"].to_numpy(float),
+        "N": run_N[ids.get_indexer(ck["run_id"])],
         "budget": budgets[ids.get_indexer(ck["run_id"])],
     }, columns=list(METRIC_COLUMNS))
     values = out[["tokens", "flops", "val_loss", "N"]].to_numpy(float)
@@ -524,7 +537,7 @@ def load_runs(source, columns: dict[str, str] | None = None, *, budget_rtol: flo
     if metrics is not None and "run_id" in metrics.columns:  # only the fitted runs' curves
         metrics = SharedFrame(metrics[metrics["run_id"].astype(str).isin(set(runs["run_id"]))].reset_index(drop=True))
     if checkpoints is not None:
-        metrics = _metrics_table(checkpoints, runs["run_id"], dict(zip(runs["run_id"], runs["budget"])))
+        metrics = _metrics_table(checkpoints, runs)
     runs.attrs = {
         "loaded_by": LOADED_BY,
         "source": where,

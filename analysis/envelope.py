@@ -167,7 +167,8 @@ def fit_envelope(metrics_df: pd.DataFrame, *, n_bins: int = 30, n_boot: int = 10
             draws = {"coef": np.exp(intercept), "exponent": slope}
         coef, exponent = _plain_law(used["C"].to_numpy(), used[col].to_numpy())
         laws[key] = power_law_result(used["C"], used[col], coef, exponent, draws=draws, name=labels[key][0],
-                                     x_name="C [FLOPs]", y_name=labels[key][1], method=BOOTSTRAP_METHOD,
+                                     x_name="C [FLOPs]", y_name=labels[key][1],
+                                     method=BOOTSTRAP_METHOD if n_boot else "none",
                                      undetermined_reason=reason,
                                      exponent_range=ALLOCATION_EXPONENT if key != "L" else None)
     diagnostics = {"n_runs": int(runs.size), "n_checkpoints": len(ck), "n_bins": n_bins, "n_used": len(used),

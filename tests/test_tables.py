@@ -318,6 +318,26 @@ def test_crashed_runs_curves_are_left_out_of_the_metrics():
     assert "r3" not in set(out["run_id"]) and "r3" not in set(out.attrs["metrics"]["run_id"])
 
 
+def test_run_level_columns_logged_once_per_run_are_carried_to_the_run():
+    m = curves_table()
+    first = m.groupby("run_id").cumcount() == 0
+    m["status"] = np.where(first, "finished", None)  # e.g. the state joined onto the first history row only
+    m.loc[~first, "N"] = np.nan  # and the model size only there too
+    out = _load_quiet(m)
+    assert len(out) == 9 and out["N"].notna().all()
+    assert out.attrs["metrics"]["N"].notna().all() and len(out.attrs["metrics"]) == 9 * 12
+    m.loc[3, "step"] = np.nan
+    with pytest.raises(ConfigError, match="column step.*1 rows without one"):
+        load_runs(m)
+
+
+def test_envelope_without_bootstrap_says_so():
+    fit = fit_envelope(curves_table(n_models=15, n_ckpt=20).rename(columns={"C": "flops", "D": "tokens"}), n_boot=0)
+    iv = fit.intervals["a"]
+    assert not iv.determined and iv.method == "none" and "n_boot = 0" in iv.reason
+    assert "undetermined" in fit.summary()
+
+
 def test_repeated_run_and_step_is_refused():
     m = curves_table()
     m.loc[5, "step"] = m.loc[4, "step"]
