@@ -6,7 +6,9 @@ import time
 import numpy as np
 import pytest
 
+from analysis import powerlaw
 from analysis.powerlaw import PowerLawFit, bootstrap_counts, fit_power_law, fit_saturating
+from analysis.result import ALLOCATION_EXPONENT
 from scaling.errors import ConfigError
 
 
@@ -129,3 +131,113 @@ def test_pure_power_law_data_prefers_power_and_E_stays_in_bounds():
 def test_saturating_needs_four_points():
     with pytest.raises(ConfigError, match="at least 4 points"):
         fit_saturating([1e17, 1e18, 1e19], [3.0, 2.8, 2.7])
+
+
+# ---- honest intervals: few points, failed resamples, the residual bootstrap, weights ---------------------------
+
+
+def test_two_points_give_an_undetermined_interval_not_a_point():
+    fit = fit_power_law([1e18, 1e19], [2.0e9, 7.0e9], n_boot=500)
+    for name in ("coef", "exponent"):
+        iv = fit.intervals[name]
+        assert not iv.determined and "no residual degrees of freedom" in iv.reason
+    assert fit.diagnostics["bootstrap_fallback"].startswith("only 2 distinct x")
+    # with a known noise per point the same two points do have an interval, from the simulated noise
+    known = fit_power_law([1e18, 1e19], [2.0e9, 7.0e9], sigma=[0.05, 0.05], n_boot=500)
+    iv = known.intervals["exponent"]
+    assert iv.determined and iv.method == "bootstrap:residual" and known.noise["source"] == "given"
+    # slope sd = sqrt(2) * 0.05 / ln(10): the 95% range is about +-1.96 of that
+    assert iv.hi - iv.lo == pytest.approx(2 * 1.96 * np.sqrt(2) * 0.05 / np.log(10), rel=0.15)
+
+
+def test_point_resamples_that_fail_are_counted_and_fall_back_to_the_residual_bootstrap():
+    x = np.array([1.0] * 9 + [10.0])  # ~39% of resamples miss the only point at x = 10
+    y = 3.0 * x ** 0.5 * np.exp(np.random.default_rng(0).normal(0, 0.05, x.size))
+    points = fit_power_law(x, y, n_boot=400, bootstrap="points")
+    iv = points.intervals["exponent"]
+    assert not iv.determined and iv.n_total == 400 and iv.n_ok < 0.9 * 400
+    assert f"{iv.n_ok}/400" in iv.reason and np.isnan(points.draws["exponent"]).sum() == 400 - iv.n_ok
+    auto = fit_power_law(x, y, n_boot=400)  # only 2 distinct x: residual bootstrap from the start
+    assert auto.intervals["exponent"].determined and auto.intervals["exponent"].method == "bootstrap:residual"
+
+
+def test_residual_bootstrap_covers_the_truth_at_few_points():
+    # 4 points, 2 residual dof: the Gaussian residual bootstrap draws sigma too, so its intervals are Student-t wide
+    # and keep ~95% coverage (a plain percentile bootstrap of 4 points covers far less).
+    x = np.geomspace(1e18, 1e21, 4)
+    covered = 0
+    for seed in range(40):
+        y = 0.1 * x ** 0.5 * np.exp(np.random.default_rng(seed).normal(0, 0.05, x.size))
+        fit = fit_power_law(x, y, n_boot=400, seed=seed)
+        assert fit.intervals["exponent"].method == "bootstrap:residual" and fit.noise["dof"] == 2
+        covered += fit.intervals["exponent"].contains(0.5)
+    assert covered >= 34  # P(<= 33 of 40) ~ 1% at a true coverage of 0.95
+
+
+def test_resampled_residuals_and_bad_choices():
+    x = np.geomspace(1e18, 1e21, 8)
+    y = 0.1 * x ** 0.5 * np.exp(np.random.default_rng(1).normal(0, 0.05, x.size))
+    fit = fit_power_law(x, y, n_boot=300, bootstrap="residual", residuals="resample")
+    assert fit.intervals["exponent"].contains(0.5) and fit.noise["source"] == "residuals"
+    for kwargs, field in (({"bootstrap": "cases"}, "bootstrap"), ({"residuals": "t"}, "residuals"),
+                          ({"sigma": [0.1, -1.0] + [0.1] * 6}, "sigma"), ({"sigma": [0.1]}, None)):
+        if field is None:
+            assert fit_power_law(x, y, n_boot=10, **kwargs).noise["source"].startswith("given")
+            continue
+        with pytest.raises(ConfigError, match=field):
+            fit_power_law(x, y, n_boot=10, **kwargs)
+
+
+def test_sigma_weights_the_fit_and_scales_up_to_the_residual_scatter():
+    x = np.geomspace(1e18, 1e21, 6)
+    y = 0.1 * x ** 0.5
+    y[-1] *= 1.5  # one off-law point ...
+    sigma = np.array([0.01] * 5 + [1.0])  # ... that is known to be noisy
+    fit = fit_power_law(x, y, sigma=sigma, n_boot=200)
+    assert fit.exponent == pytest.approx(0.5, abs=0.01)
+    assert fit_power_law(x, y, n_boot=0).exponent > 0.52
+    # given sigma 10x smaller than the actual scatter: the residual bootstrap scales it up
+    y2 = 0.1 * x ** 0.5 * np.exp(np.random.default_rng(3).normal(0, 0.1, x.size))
+    small = fit_power_law(x, y2, sigma=0.01, n_boot=300)
+    assert "scaled" in small.noise["source"] and small.noise["sigma"] > 0.03
+
+
+def test_exponent_outside_its_plausible_range_is_unreliable():
+    x = np.geomspace(1e18, 1e21, 6)
+    y = x ** 1.3 * np.exp(np.random.default_rng(0).normal(0, 0.02, 6))
+    fit = fit_power_law(x, y, n_boot=100, exponent_range=ALLOCATION_EXPONENT)
+    assert "outside [0, 1]" in fit.unreliable["exponent"]
+    assert "exponent" not in fit_power_law(x, y, n_boot=100).unreliable  # no range given: no judgement
+
+
+def _quadratic_strata_counts(n, n_boot, seed, strata):
+    """The former implementation (quadratic in rows per stratum), as the reference."""
+    rng = np.random.default_rng(seed)
+    counts = np.zeros((n_boot, n), dtype=np.int64)
+    for label in np.unique(strata):
+        members = np.flatnonzero(strata == label)
+        draws = rng.integers(0, members.size, size=(n_boot, members.size))
+        for j in range(members.size):
+            counts[:, members[j]] = (draws == j).sum(axis=1)
+    return counts
+
+
+def test_stratified_counts_match_the_reference_and_stay_valid_in_chunks(monkeypatch):
+    strata = np.random.default_rng(0).integers(0, 7, size=300)
+    fast = bootstrap_counts(300, 40, seed=5, strata=strata)
+    np.testing.assert_array_equal(fast, _quadratic_strata_counts(300, 40, 5, strata))
+    monkeypatch.setattr(powerlaw, "_STRATUM_DRAWS", 64)  # force several chunks of resamples per stratum
+    chunked = bootstrap_counts(300, 40, seed=5, strata=strata)
+    for s in np.unique(strata):
+        assert (chunked[:, strata == s].sum(1) == (strata == s).sum()).all()
+    assert chunked.min() >= 0 and not np.array_equal(chunked[0], chunked[1])
+
+
+def test_saturating_with_four_points_uses_the_residual_bootstrap():
+    C, L = _saturating_data(0.003, n=4)
+    fit = fit_saturating(C, L, n_boot=200)
+    assert fit.intervals["E"].method == "bootstrap:residual" and fit.noise["dof"] == 1
+    assert fit.power_law.intervals["exponent"].method == "bootstrap:residual"
+    known = fit_saturating(*_saturating_data(0.003, n=8), sigma=0.003, n_boot=200)
+    assert known.noise["source"] == "given" and known.intervals["gamma"].method == "bootstrap:residual"
+    assert known.intervals["gamma"].contains(0.2) and known.intervals["E"].contains(1.8)
