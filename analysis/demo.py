@@ -105,7 +105,7 @@ def train_stage(spec, results_root: Path, log) -> list[str]:
     """Train the stage's runs that are not finished yet (local backend, waiting); return the submitted run ids."""
     from sweeps.launch import launch
 
-    res = launch(spec, backend="local", results=results_root, wait=True, progress=True)
+    res = launch(spec, backend="local", results=results_root, wait=True, progress=True, extend=True)  # stage 2: v2
     log(res.summary())
     return list(res.submitted)
 

@@ -87,7 +87,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
-    from sweeps.grid import plan
     from sweeps.launch import launch
     from sweeps.spec import load_spec
     from sweeps.store import Store
@@ -95,10 +94,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec, args.overrides)
     store = Store(Path(args.results) / spec.name)
     store.check_spec(spec, extend=args.extend)  # a changed spec without --extend: refused before anything runs
-    if args.extend and not args.dry_run:
-        store.init_sweep(spec, plan(spec), extend=True)  # records the new version; launch then finds it current
     result = launch(spec, backend=args.backend, results=args.results, wait=args.wait, dry_run=args.dry_run,
-                    max_retries=args.max_retries)
+                    max_retries=args.max_retries, extend=args.extend)
     if hasattr(result, "summary"):
         print(result.summary())
     states = getattr(result, "run_states", {}) or {}

@@ -97,6 +97,7 @@ def launch(
     executor: Executor | None = None,
     progress: bool = True,
     poll_s: float | None = None,
+    extend: bool = False,
 ) -> LaunchResult:
     """Launch the runs of `spec` that need training (see the module docstring); return a LaunchResult.
 
@@ -128,7 +129,7 @@ def launch(
         print(result.script)
         return result
 
-    run_ids = store.init_sweep(spec, runs)
+    run_ids = store.init_sweep(spec, runs, extend=extend)  # extend: a changed spec becomes the next spec version
     to_submit, others = _select(store, run_ids, executor, max_retries, result)
     jobs: list[Job] = []
     submitted: list[str] = []

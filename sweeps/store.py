@@ -15,8 +15,9 @@ Layout of `results/<sweep>/` (the Store's root):
         config.json, metrics.jsonl, summary.json, checkpoints/   written by scaling.train.train
 
 One folder, one sweep: `init_sweep` refuses a spec whose content (what it plans: data, model, budgets, grid, train,
-hparams, eval) differs from the folder's newest version, showing the keys that changed; `extend=True` (`sweep
-launch --extend`) records it as the next version instead, and the runs it adds carry that `spec_version`. Changes to
+hparams, eval) differs from every recorded version, showing the keys that changed against the newest; `extend=True`
+(`sweep launch --extend`) records it as the next version instead, and the runs it adds carry that `spec_version`.
+Relaunching a recorded version (to resume it) is allowed and adds nothing. Changes to
 resources, backend, tracking, description and the overrides' spelling are operational and do not count. Nothing
 already written is overwritten.
 
@@ -221,8 +222,9 @@ class Store:
             raise ConfigError("name", f"the sweep name of {self.root} ({stored.get('name')!r}) to add runs to it; "
                               "use another results folder", spec.name)
         new = spec_content(spec)
-        if _canonical(new) == _canonical(stored):
-            return int(versions[-1]["version"])
+        for version in reversed(versions):  # relaunching a recorded version (e.g. to resume it) adds nothing new
+            if _canonical(new) == _canonical(spec_content(version["spec"])):
+                return int(version["version"])
         if extend:
             return int(versions[-1]["version"]) + 1
         changes = "; ".join(spec_diff(stored, new))

@@ -78,7 +78,7 @@ def test_launch_extend_via_the_cli_records_a_new_spec_version(tmp_path, monkeypa
         from sweeps.grid import plan
 
         launched.append(spec.train.lr)
-        Store(results / spec.name).init_sweep(spec, plan(spec))
+        Store(results / spec.name).init_sweep(spec, plan(spec), extend=kwargs["extend"])
 
     monkeypatch.setattr("sweeps.launch.launch", fake_launch)
     parser = sweep_parser()

@@ -121,8 +121,10 @@ def test_extend_records_every_spec_version_and_load_results_tells_them_apart(tmp
     runs, _ = load_results(store.root)
     assert runs.groupby("spec_version")["run_id"].count().to_dict() == {1: len(v1_ids), 2: len(v1_ids)}
     assert set(runs.loc[runs["spec_version"] == 2, "lr"]) == {0.02}
-    with pytest.raises(ConfigError, match="changed: train.lr: 0.02 -> 0.003"):
-        launched(tmp_path / "results", spec_path)  # back to version 1's spec: not without --extend
+    assert launched(tmp_path / "results", spec_path).run_ids() == ids  # relaunching version 1 (to resume it)
+    assert [v["version"] for v in store.spec_versions()] == [1, 2]
+    with pytest.raises(ConfigError, match=r"changed: .*train\.lr: 0\.02 -> 0\.01"):
+        launched(tmp_path / "results", spec_path, ["train.lr=1e-2", "grid.spread=3"])  # a third, unrecorded spec
 
 
 # ------------------------------------------------------------------------------------------------ torn files
