@@ -7,6 +7,7 @@ import importlib
 # `backtest` and `recommend` are both submodules and functions: import the functions now, so the package attribute
 # is the function (a later `import analysis.backtest` finds the module in sys.modules and leaves it alone).
 from analysis.backtest import backtest
+from analysis.fitreport import FitReport, load_fit
 from analysis.recommend import Recommendation, recommend
 
 _EXPORTS = {
@@ -18,7 +19,6 @@ _EXPORTS = {
     "fit_parametric": "analysis.parametric",
     "fit_hyperparams": "analysis.hyperparams",
     "fit_all": "analysis.report",
-    "FitReport": "analysis.report",
     "write_report": "analysis.report",
 }
 
@@ -33,6 +33,7 @@ __all__ = [
     "fit_parametric",
     "fit_power_law",
     "fit_saturating",
+    "load_fit",
     "load_runs",
     "recommend",
     "write_report",

@@ -9,6 +9,8 @@ import warnings
 from pathlib import Path
 
 from analysis.data import BATCH_UNITS, CANONICAL, PARAM_COUNTS, load_runs
+from analysis.recommend import recommend
+from scaling.config import FAMILIES
 from scaling.errors import ConfigError
 
 LAW_CHOICES = ("parametric", "isoflop", "envelope", "loss", "hyperparams", "all")
@@ -65,9 +67,15 @@ def register(subparsers) -> None:
     rec.add_argument("--budget", required=True, metavar="C", help="FLOP budget, e.g. 1e21 (the fit's convention)")
     rec.add_argument("--fit", required=True, metavar="FIT.json", help="fit.json from `scaling fit --json/--out`")
     rec.add_argument("--json", metavar="REC.json", help="write the recommendation (values and intervals) as JSON")
-    rec.add_argument("--family", choices=("gpt2", "llama"), help="model family (default: the fit's, else gpt2)")
-    rec.add_argument("--seq-len", type=int, help="context length in tokens (default: the fit's, else 256)")
-    rec.add_argument("--vocab-size", type=int, help="vocabulary size (default: the fit's, else 256)")
+    rec.add_argument("--family", choices=FAMILIES,
+                     help="model family of the shape (default: the fit's; without either no shape is given)")
+    rec.add_argument("--seq-len", type=int, metavar="TOKENS",
+                     help="context length in tokens (default: the fit's; needed for the shape and whole-sequence "
+                          "batches)")
+    rec.add_argument("--vocab-size", type=int, metavar="V",
+                     help="vocabulary size (default: the fit's; without either no shape is given)")
+    rec.add_argument("--param-count", choices=PARAM_COUNTS,
+                     help="what the fit's N counts, for the shape (default: the fit's meta.parameter_count)")
     rec.set_defaults(func=run_recommend)
 
 
@@ -184,10 +192,13 @@ def describe_loaded(runs) -> list[str]:
 
 
 def run_recommend(args) -> int:
-    from analysis.recommend import recommend
-
+    """`scaling recommend`: print (and with --json write) the recommendation for --budget from --fit."""
     budget = parse_budget(args.budget)
-    rec = recommend(args.fit, budget, family=args.family, seq_len=args.seq_len, vocab_size=args.vocab_size)
+    for option, value in (("--seq-len", args.seq_len), ("--vocab-size", args.vocab_size)):
+        if value is not None and value <= 0:
+            raise ConfigError(option, "a positive integer", value)
+    rec = recommend(args.fit, budget, family=args.family, seq_len=args.seq_len, vocab_size=args.vocab_size,
+                    param_count=args.param_count)
     print(rec.summary())
     if args.json:
         _write_json(args.json, rec.to_dict())

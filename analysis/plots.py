@@ -1,7 +1,9 @@
 """Figures for a fit: isoFLOP curves, the L(C) frontier, N_opt/D_opt(C), approach 3 contours, LR/batch scans,
-residuals and the backtest. Every function takes the fit.json dict (or a FitReport / result with `to_dict()`)
-and returns a matplotlib Figure (or None when the fit lacks what the figure needs); `save_figure` writes PNG and
-SVG. Figures are built without pyplot (no global state, no display needed).
+residuals and the backtest. Every function takes a FitReport (or a fit.json dict / path) and returns a matplotlib
+Figure (or None when the fit lacks what the figure needs); `save_figure` writes PNG and SVG. Every curve and band
+comes from the laws' own predict / predict_samples; the target markers show the recommendation's own numbers.
+Axes are set by the data and the extrapolation range (with a margin), never by a flagged budget or a wide band.
+Figures are built without pyplot (no global state, no display needed).
 """
 
 from __future__ import annotations
@@ -17,10 +19,16 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
+from analysis.fitreport import FitReport, as_report
+from analysis.recommend import Recommendation, recommend
+from analysis.result import MIN_OK_FRACTION
 from analysis.selection import budget_optima, select_size_runs
+from scaling.errors import ConfigError
 
 BAND_ALPHA = 0.2
 MAX_LEGEND_BUDGETS = 12  # more budgets than this get a colour scale instead of a legend
+LOG_MARGIN = 3.0  # log axes extend this factor beyond the data and the extrapolation range
+LINEAR_MARGIN = 0.08  # linear axes extend this fraction of the data's range beyond it
 
 
 def save_figure(fig: Figure, out_dir, name: str) -> list[Path]:
@@ -35,12 +43,24 @@ def save_figure(fig: Figure, out_dir, name: str) -> list[Path]:
     return paths
 
 
-def plot_all(fit, out_dir, target_budget: float | None = None) -> dict[str, list[Path]]:
-    """Draw every figure the fit allows into out_dir; return {figure name: [png path, svg path]}."""
-    d = _as_dict(fit)
-    figures = {"isoflop": plot_isoflop(d), "loss_vs_compute": plot_loss_frontier(d, target_budget),
-               "allocation": plot_allocation(d, target_budget), "parametric_contours": plot_parametric_contours(d),
-               "hyperparams": plot_hyperparams(d), "residuals": plot_residuals(d), "backtest": plot_backtest(d)}
+def plot_all(fit, out_dir, target_budget: float | None = None,
+             recommendation: Recommendation | None = None) -> dict[str, list[Path]]:
+    """Draw every figure the fit allows into out_dir; return {figure name: [png path, svg path]}.
+
+    recommendation: the one the report shows (computed here for the target when not given), so the figures mark
+    the same numbers as the report's table."""
+    report = as_report(fit)
+    target = _target(report, target_budget)
+    if recommendation is None:
+        try:
+            recommendation = recommend(report, target)
+        except ConfigError:
+            recommendation = None
+    figures = {"isoflop": plot_isoflop(report),
+               "loss_vs_compute": plot_loss_frontier(report, target, recommendation),
+               "allocation": plot_allocation(report, target, recommendation),
+               "parametric_contours": plot_parametric_contours(report), "hyperparams": plot_hyperparams(report),
+               "residuals": plot_residuals(report), "backtest": plot_backtest(report)}
     return {name: save_figure(fig, out_dir, name) for name, fig in figures.items() if fig is not None}
 
 
@@ -48,15 +68,17 @@ def plot_all(fit, out_dir, target_budget: float | None = None) -> dict[str, list
 
 
 def _as_dict(fit) -> dict:
+    """The fit.json dict of a FitReport (or the dict itself)."""
     return fit.to_dict() if hasattr(fit, "to_dict") else fit
 
 
 def _runs(d: dict) -> pd.DataFrame:
+    """The runs table of a fit.json dict."""
     return pd.DataFrame((d.get("meta") or {}).get("runs") or [])
 
 
-def _convention(d: dict) -> str:
-    m = d.get("meta") or {}
+def _convention(fit) -> str:
+    m = fit.meta if isinstance(fit, FitReport) else (fit.get("meta") or {})
     return f"{m.get('flop_convention', '6N')}, C = {float(m.get('k', 6.0)):.3g}·N·D"
 
 
@@ -65,24 +87,16 @@ def _colors(n: int) -> list:
     return [cmap(0.9 * i / max(n - 1, 1)) for i in range(n)]
 
 
-def _samples(law: dict | None, n_cols: int) -> np.ndarray:
-    s = (law or {}).get("samples") or []
-    arr = np.asarray(s, dtype=float) if s else np.empty((0, n_cols))
-    return arr[:, :n_cols] if arr.ndim == 2 and arr.shape[1] >= n_cols else np.empty((0, n_cols))
-
-
-def _band(draws: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """Pointwise 95% band of (n_draws x n_x) curves, or None without draws."""
-    if draws.size == 0:
+def _band(draws) -> tuple[np.ndarray, np.ndarray] | None:
+    """Pointwise 95% band of (n_draws x n_x) curves; NaN where fewer than 90% of the draws are finite; None without
+    draws."""
+    draws = np.asarray(draws, dtype=float)
+    if draws.ndim != 2 or draws.shape[0] == 0:
         return None
     with np.errstate(invalid="ignore"):
-        lo, hi = np.nanpercentile(draws, [2.5, 97.5], axis=0)
-    return lo, hi
-
-
-def _law_curve(law: dict, x: np.ndarray) -> tuple[np.ndarray, tuple | None]:
-    s = _samples(law, 2)
-    return float(law["coef"]) * x ** float(law["exponent"]), _band(s[:, :1] * x[None] ** s[:, 1:2])
+        lo, hi = np.nanpercentile(np.where(np.isfinite(draws), draws, np.nan), [2.5, 97.5], axis=0)
+    ok = np.isfinite(draws).mean(axis=0) >= MIN_OK_FRACTION
+    return np.where(ok, lo, np.nan), np.where(ok, hi, np.nan)
 
 
 def _log_axes(ax, *which: str) -> None:
@@ -98,15 +112,37 @@ def _fmt(v: float) -> str:
     return f"{v:.3g}"
 
 
-def _c_range(d: dict, target: float | None) -> tuple[np.ndarray, float]:
-    budgets = (d.get("meta") or {}).get("budgets") or [1.0]
+def _finite_positive(*arrays) -> np.ndarray:
+    values = np.concatenate([np.asarray(a, dtype=float).ravel() for a in arrays if a is not None] or [np.empty(0)])
+    return values[np.isfinite(values) & (values > 0)]
+
+
+def _clip_log(ax, axis: str, *arrays, margin: float = LOG_MARGIN) -> None:
+    """Set a log axis to the range of the given values (the data and the laws' point curves) +- a margin factor."""
+    values = _finite_positive(*arrays)
+    if values.size:
+        getattr(ax, f"set_{axis}lim")(values.min() / margin, values.max() * margin)
+
+
+def _clip_linear(ax, axis: str, *arrays, margin: float = LINEAR_MARGIN) -> None:
+    """Set a linear axis to the range of the given values +- a fraction of that range."""
+    values = np.concatenate([np.asarray(a, dtype=float).ravel() for a in arrays if a is not None] or [np.empty(0)])
+    values = values[np.isfinite(values)]
+    if values.size:
+        pad = margin * max(values.max() - values.min(), 1e-3 * abs(values.max()), 1e-12)
+        getattr(ax, f"set_{axis}lim")(values.min() - pad, values.max() + pad)
+
+
+def _c_range(report: FitReport, target: float | None) -> tuple[np.ndarray, float]:
+    """200 compute values from below the smallest budget to beyond the target, and the largest fitted budget."""
+    budgets = report.meta["budgets"]
     c_max = float(max(budgets))
     hi = max(c_max, float(target)) if target else c_max
     return np.geomspace(min(budgets) / 1.5, hi * 1.2, 200), c_max
 
 
-def _target(d: dict, target: float | None) -> float | None:
-    return float(target) if target else (d.get("meta") or {}).get("target_budget")
+def _target(report: FitReport, target: float | None) -> float:
+    return float(target) if target else float(report.meta["target_budget"])
 
 
 def _mark_extrapolation(ax, c_max: float, target: float | None) -> None:
@@ -115,18 +151,21 @@ def _mark_extrapolation(ax, c_max: float, target: float | None) -> None:
         ax.axvline(target, color="0.4", ls=":", lw=1)
 
 
+def _flagged(row: dict) -> bool:
+    return bool(row.get("flags"))
+
+
 # ---------------------------------------------------------------- approach 2
 
 
 def plot_isoflop(fit) -> Figure | None:
     """Loss vs N per budget (one colour each), the fitted parabola in log N and its vertex with its 95% interval."""
-    d = _as_dict(fit)
-    iso = d.get("isoflop")
-    runs = _runs(d)
-    if not iso or runs.empty:
+    report = as_report(fit)
+    iso = report.fits.get("isoflop")
+    if iso is None or report.runs.empty:
         return None
-    runs = select_size_runs(runs)
-    rows = {float(b["budget"]): b for b in iso.get("budgets") or []}
+    runs = select_size_runs(report.runs)
+    rows = {float(r["budget"]): r for r in iso.budgets.to_dict("records")}
     budgets = sorted(runs["budget"].unique())
     fig = Figure(figsize=(7.5, 5), layout="constrained")
     ax = fig.add_subplot()
@@ -138,19 +177,19 @@ def plot_isoflop(fit) -> Figure | None:
         label = label if len(budgets) <= MAX_LEGEND_BUDGETS else None
         ax.scatter(pts["N"], pts["loss"], color=color, s=22, label=label, facecolors="none" if flags else color)
         coef = row.get("parabola_N")
-        if coef and all(c is not None for c in coef):
-            n_lo, n_hi = row.get("N_fit_min") or pts["N"].min(), row.get("N_fit_max") or pts["N"].max()
-            n = np.geomspace(n_lo / 1.15, n_hi * 1.15, 100)
+        if coef is not None and np.isfinite(np.asarray(coef, dtype=float)).all():
+            n = np.geomspace(row["N_fit_min"] / 1.15, row["N_fit_max"] * 1.15, 100)
             ax.plot(n, np.polyval(coef, np.log10(n)), color=color, lw=1.2, ls="--" if flags else "-")
-        if not flags and row.get("N_opt"):
-            lo, hi = row.get("N_opt_lo"), row.get("N_opt_hi")
+        if not flags and math.isfinite(row.get("N_opt", math.nan)):
             xerr = None
-            if lo is not None and hi is not None:
-                xerr = [[max(row["N_opt"] - lo, 0)], [max(hi - row["N_opt"], 0)]]
+            if not row.get("N_opt_reason"):
+                xerr = [[max(row["N_opt"] - row["N_opt_lo"], 0)], [max(row["N_opt_hi"] - row["N_opt"], 0)]]
             ax.errorbar([row["N_opt"]], [row["L_opt"]], xerr=xerr, color=color, marker="*", ms=12, mec="k",
                         capsize=3, lw=1)
     _log_axes(ax, "x")
-    ax.set_xlabel(f"non-embedding parameters N (params; {_convention(d)})")
+    _clip_log(ax, "x", runs["N"], margin=1.5)
+    _clip_linear(ax, "y", runs["loss"])
+    ax.set_xlabel(f"parameters N ({report.meta['parameter_count']}; {_convention(report)})")
     ax.set_ylabel("final validation loss (nats/token)")
     ax.set_title("IsoFLOP profiles: parabola in log N per budget, ★ = optimum (95% interval)")
     if len(budgets) <= MAX_LEGEND_BUDGETS:
@@ -164,44 +203,65 @@ def plot_isoflop(fit) -> Figure | None:
     return fig
 
 
-def plot_allocation(fit, target_budget: float | None = None) -> Figure | None:
-    """N_opt(C) and D_opt(C) on log-log axes: per-budget optima, fitted laws with 95% bands, extrapolated to target."""
-    d = _as_dict(fit)
-    iso, par, env = d.get("isoflop"), d.get("parametric"), d.get("envelope")
-    if not (iso or par or env):
+def plot_allocation(fit, target_budget: float | None = None,
+                    recommendation: Recommendation | None = None) -> Figure | None:
+    """N_opt(C) and D_opt(C) on log-log axes: per-budget optima, fitted laws with 95% bands, extrapolated to target;
+    the recommendation's N and D at the target (gid "target_N", "target_D")."""
+    report = as_report(fit)
+    iso, par, env = (report.fits.get(n) for n in ("isoflop", "parametric", "envelope"))
+    if iso is None and par is None and env is None:
         return None
-    target = _target(d, target_budget)
-    C, c_max = _c_range(d, target)
-    k = float((d.get("meta") or {}).get("k", 6.0))
+    target = _target(report, target_budget)
+    C, c_max = _c_range(report, target)
     fig = Figure(figsize=(11, 4.5), layout="constrained")
     axes = fig.subplots(1, 2)
-    par_N = _parametric_allocation_curve(par, C, k) if par else None
-    for ax, key, unit in ((axes[0], "N", "non-embedding parameters"), (axes[1], "D", "tokens")):
+    if par is not None:
+        par_point = par.optimal_allocation(C)
+        par_draws = par.optimal_allocation_samples(C)
+    for ax, i, key, unit in ((axes[0], 0, "N", f"{report.meta['parameter_count']} parameters"),
+                             (axes[1], 1, "D", "tokens")):
         _mark_extrapolation(ax, c_max, target)
-        if iso:
-            curve, band = _law_curve(iso[f"{key}_opt"], C)
-            ax.plot(C, curve, color="C0", label=f"approach 2: ∝ C^{iso[f'{key}_opt']['exponent']:.3f}")
+        scale = []  # what sets the y axis: the laws' point curves, unflagged optima, the target marker
+        if iso is not None:
+            law = getattr(iso, f"{key}_opt")
+            curve = law.predict(C)
+            scale.append(curve)
+            ax.plot(C, curve, color="C0", label=f"approach 2: ∝ C^{law.params['exponent']:.3f}")
+            band = _band(law.predict_samples(C))
             if band:
                 ax.fill_between(C, *band, color="C0", alpha=BAND_ALPHA, label="95% bootstrap band")
-            for b in iso.get("budgets") or []:
-                lo, hi = b.get(f"{key}_opt_lo"), b.get(f"{key}_opt_hi")
-                yerr = None if lo is None or hi is None else [[max(b[f"{key}_opt"] - lo, 0)],
-                                                               [max(hi - b[f"{key}_opt"], 0)]]
-                ax.errorbar([b["budget"]], [b[f"{key}_opt"]], yerr=yerr, fmt="o", color="C0", capsize=3,
-                            mfc="none" if b.get("flags") else "C0")
-        if par_N is not None:
-            point, band = par_N if key == "N" else (C / (k * par_N[0]), _inverse_band(par_N[1], C, k))
-            ax.plot(C, point, color="C1", ls="--", label=f"approach 3: ∝ C^{par[{'N': 'a', 'D': 'b'}[key]]:.3f}")
+            for b in iso.budgets.to_dict("records"):
+                value = b[f"{key}_opt"]
+                if not math.isfinite(value):
+                    continue
+                yerr = None
+                if not b.get(f"{key}_opt_reason"):
+                    yerr = [[max(value - b[f"{key}_opt_lo"], 0)], [max(b[f"{key}_opt_hi"] - value, 0)]]
+                ax.errorbar([b["budget"]], [value], yerr=yerr, fmt="o", color="C0", capsize=3,
+                            mfc="none" if _flagged(b) else "C0")
+                if not _flagged(b):
+                    scale.append([value])
+        if par is not None:
+            curve = par_point[i]
+            scale.append(curve)
+            ax.plot(C, curve, color="C1", ls="--", label=f"approach 3: ∝ C^{par.params['ab'[i]]:.3f}")
+            band = _band(par_draws[i])
             if band:
                 ax.fill_between(C, *band, color="C1", alpha=BAND_ALPHA * 0.7)
-        if env and env.get(f"{key}_opt"):
-            ax.plot(C, _law_curve(env[f"{key}_opt"], C)[0], color="C2", ls="-.",
-                    label=f"approach 1 (envelope): ∝ C^{env[f'{key}_opt']['exponent']:.3f}")
-        if target and iso:
-            ax.plot([target], [_law_curve(iso[f"{key}_opt"], np.array([target]))[0][0]], marker="D", color="C3",
-                    ls="none", label=f"target {_fmt(target)} FLOPs")
+        if env is not None:
+            law = getattr(env, f"{key}_opt")
+            curve = law.predict(C)
+            scale.append(curve)
+            ax.plot(C, curve, color="C2", ls="-.", label=f"approach 1 (envelope): ∝ C^{law.params['exponent']:.3f}")
+        if recommendation is not None:
+            value = recommendation.params[key]
+            scale.append([value])
+            ax.plot([recommendation.budget], [value], marker="D", color="C3", ls="none", gid=f"target_{key}",
+                    label=f"recommended at {_fmt(recommendation.budget)} FLOPs: {key} = {value:.3g}")
         _log_axes(ax, "x", "y")
-        ax.set_xlabel(f"training compute C (FLOPs; {_convention(d)})")
+        ax.set_xlim(C[0], C[-1])
+        _clip_log(ax, "y", *scale)
+        ax.set_xlabel(f"training compute C (FLOPs; {_convention(report)})")
         ax.set_ylabel(f"compute-optimal {key}_opt ({unit})")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
@@ -210,61 +270,56 @@ def plot_allocation(fit, target_budget: float | None = None) -> Figure | None:
     return fig
 
 
-def _parametric_allocation_curve(par: dict, C: np.ndarray, k: float):
-    from analysis.recommend import parametric_allocation
-
-    keys = ("E", "A", "B", "alpha", "beta")
-    point = parametric_allocation(*(float(par[x]) for x in keys), C, k)
-    s = _samples(par, 5)
-    draws = parametric_allocation(*(s[:, j:j + 1] for j in range(5)), C[None], k) if len(s) else np.empty((0,))
-    return point, _band(draws)
-
-
-def _inverse_band(band, C: np.ndarray, k: float):
-    return None if band is None else (C / (k * band[1]), C / (k * band[0]))
-
-
 # ---------------------------------------------------------------- loss vs compute
 
 
-def plot_loss_frontier(fit, target_budget: float | None = None) -> Figure | None:
-    """Per-budget optimal loss vs C with L(C) = E + A C^-gamma and its shaded 95% band extended to the target."""
-    d = _as_dict(fit)
-    sat, iso = d.get("loss_vs_compute"), d.get("isoflop")
-    runs = _runs(d)
-    if not (sat or iso) or runs.empty:
+def plot_loss_frontier(fit, target_budget: float | None = None,
+                       recommendation: Recommendation | None = None) -> Figure | None:
+    """Per-budget optimal loss vs C with L(C) = E + A C^-gamma and its shaded 95% band extended to the target, and
+    the recommendation's expected loss(es) at the target (gid "target_expected_loss" / "..._parametric")."""
+    report = as_report(fit)
+    sat, iso = report.fits.get("loss_vs_compute"), report.fits.get("isoflop")
+    runs = report.runs
+    if (sat is None and iso is None) or runs.empty:
         return None
-    target = _target(d, target_budget)
-    C, c_max = _c_range(d, target)
+    target = _target(report, target_budget)
+    C, c_max = _c_range(report, target)
     fig = Figure(figsize=(7.5, 5), layout="constrained")
     ax = fig.add_subplot()
     _mark_extrapolation(ax, c_max, target)
     ax.scatter(runs["C"], runs["loss"], s=8, color="0.6", alpha=0.6, label="all runs")
-    points = pd.DataFrame((sat or {}).get("diagnostics", {}).get("points") or [])
+    points = pd.DataFrame((sat.diagnostics.get("points") if sat is not None else None) or [])
     if points.empty:
-        points = budget_optima(select_size_runs(runs))
+        points = budget_optima(select_size_runs(runs), iso)
     ax.scatter(points["budget"], points["L_opt"], color="k", zorder=3, label="per-budget optimal loss")
-    if sat:
-        s = _samples(sat, 3)
-        curve = float(sat["E"]) + float(sat["A"]) * C ** -float(sat["gamma"])
-        band = _band(s[:, :1] + s[:, 1:2] * C[None] ** -s[:, 2:3])
-        label = f"L = {sat['E']:.3g} + {sat['A']:.3g}·C^-{sat['gamma']:.3f}"
-        pl = (sat.get("diagnostics") or {}).get("power_law")
-        if pl:
-            ax.plot(C, pl["coef"] * C ** pl["exponent"], color="C1", ls=":", label=f"pure power law ∝ C^{pl['exponent']:.3f}")
+    if sat is not None:
+        law, label = sat, f"L = {sat.params['E']:.3g} + {sat.params['A']:.3g}·C^-{sat.params['gamma']:.3f}"
+        power = getattr(sat, "power_law", None)
+        if power is not None:
+            ax.plot(C, power.predict(C), color="C1", ls=":",
+                    label=f"pure power law ∝ C^{power.params['exponent']:.3f}")
     else:
-        curve, band = _law_curve(iso["L_opt"], C)
-        label = f"isoFLOP L_opt ∝ C^{iso['L_opt']['exponent']:.3f}"
+        law, label = iso.L_opt, f"isoFLOP L_opt ∝ C^{iso.L_opt.params['exponent']:.3f}"
+    curve = law.predict(C)
     inside = C <= c_max
     ax.plot(C[inside], curve[inside], color="C0", label=label)
     ax.plot(C[~inside], curve[~inside], color="C0", ls="--")
+    band = _band(law.predict_samples(C))
     if band:
         ax.fill_between(C, *band, color="C0", alpha=BAND_ALPHA, label="95% bootstrap band")
-    if target:
-        yt = float(np.interp(np.log(target), np.log(C), curve))
-        ax.plot([target], [yt], marker="D", color="C3", ls="none", label=f"target {_fmt(target)} FLOPs: L ≈ {yt:.3f}")
+    marks = []
+    if recommendation is not None:
+        for key, style in (("expected_loss", "D"), ("expected_loss_parametric", "s")):
+            if key in recommendation.params:
+                y = recommendation.params[key]
+                marks.append(y)
+                ax.plot([recommendation.budget], [y], marker=style, color="C3", ls="none", gid=f"target_{key}",
+                        label=f"recommended at {_fmt(recommendation.budget)} FLOPs: "
+                              f"{recommendation.sources[key].split(' (')[0]} ≈ {y:.3f}")
     _log_axes(ax, "x")
-    ax.set_xlabel(f"training compute C (FLOPs; {_convention(d)})")
+    ax.set_xlim(C[0], C[-1])
+    _clip_linear(ax, "y", runs["loss"], points["L_opt"], curve, marks)
+    ax.set_xlabel(f"training compute C (FLOPs; {_convention(report)})")
     ax.set_ylabel("final validation loss (nats/token)")
     ax.set_title("Loss frontier L(C); shaded band = 95% bootstrap interval")
     ax.legend(fontsize=8)
@@ -277,20 +332,19 @@ def plot_loss_frontier(fit, target_budget: float | None = None) -> Figure | None
 
 def plot_parametric_contours(fit) -> Figure | None:
     """Contours of L(N, D) = E + A N^-alpha + B D^-beta with the runs, the isoFLOP lines and the optimal path."""
-    d = _as_dict(fit)
-    par = d.get("parametric")
-    runs = _runs(d)
-    if not par or runs.empty:
+    report = as_report(fit)
+    par = report.fits.get("parametric")
+    runs = report.runs
+    if par is None or runs.empty:
         return None
-    k = float((d.get("meta") or {}).get("k", 6.0))
-    E, A, B, alpha, beta = (float(par[x]) for x in ("E", "A", "B", "alpha", "beta"))
+    k = float(report.meta["k"])
     n = np.geomspace(runs["N"].min() / 3, runs["N"].max() * 3, 200)
     t = np.geomspace(runs["D"].min() / 3, runs["D"].max() * 3, 200)
     NN, DD = np.meshgrid(n, t)
-    L = E + A * NN ** -alpha + B * DD ** -beta
+    L = par.predict(NN, DD)
     fig = Figure(figsize=(7.5, 5.5), layout="constrained")
     ax = fig.add_subplot()
-    levels = np.geomspace(max(L.min(), E * 1.001), np.percentile(L, 95), 14)
+    levels = np.geomspace(max(L.min(), par.params["E"] * 1.001, 1e-6), np.percentile(L, 95), 14)
     cs = ax.contourf(NN, DD, L, levels=levels, cmap="viridis_r", extend="both")
     fig.colorbar(cs, ax=ax, label="predicted loss L(N, D) (nats/token)", format="%.2f")
     ax.scatter(runs["N"], runs["D"], s=10, color="w", edgecolors="k", linewidths=0.5, label="runs")
@@ -298,15 +352,13 @@ def plot_parametric_contours(fit) -> Figure | None:
     for b in budgets:
         ax.plot(n, b / (k * n), color="w", lw=0.7, ls=":", alpha=0.8)
     C = np.geomspace(min(budgets) / 10, max(budgets) * 10, 100)
-    from analysis.recommend import parametric_allocation
-
-    n_opt = parametric_allocation(E, A, B, alpha, beta, C, k)
-    ax.plot(n_opt, C / (k * n_opt), color="C3", lw=2, label=f"compute-optimal N ∝ C^{beta / (alpha + beta):.3f}")
+    n_opt, d_opt = par.optimal_allocation(C)
+    ax.plot(n_opt, d_opt, color="C3", lw=2, label=f"compute-optimal N ∝ C^{par.params['a']:.3f}")
     ax.plot([], [], color="w", ls=":", label="isoFLOP lines C = k·N·D (dotted)")
     _log_axes(ax, "x", "y")
     ax.set_xlim(n[0], n[-1])
     ax.set_ylim(t[0], t[-1])
-    ax.set_xlabel(f"non-embedding parameters N (params; {_convention(d)})")
+    ax.set_xlabel(f"parameters N ({report.meta['parameter_count']}; {_convention(report)})")
     ax.set_ylabel("training tokens D (tokens)")
     ax.set_title("Approach 3: L(N, D) contours and the compute-optimal path")
     ax.legend(fontsize=8, loc="upper right", facecolor="0.85")
@@ -316,66 +368,117 @@ def plot_parametric_contours(fit) -> Figure | None:
 # ---------------------------------------------------------------- learning rate and batch size
 
 
+MAX_CELL_CURVES = 8  # loss-vs-lr curves drawn in the LR figure's left panel (compute-optimal cells first)
+
+
+def _hyperparam_result(fit):
+    """The HyperparamFit of a FitReport, a fit.json dict or path, a HyperparamFit, or its own to_dict(); or None."""
+    from analysis.hyperparams import HyperparamFit
+
+    if isinstance(fit, HyperparamFit):
+        return fit
+    if isinstance(fit, dict) and fit.get("kind") == HyperparamFit.kind:
+        return HyperparamFit.from_dict(fit)
+    return as_report(fit).fits.get("hyperparams")
+
+
+def _cells_to_draw(cells: pd.DataFrame) -> pd.DataFrame:
+    """Scanned cells for the loss-vs-lr panel: the compute-optimal ones (else every scanned one), at most
+    MAX_CELL_CURVES spread evenly over C."""
+    scanned = cells[cells["scanned"].astype(bool)]
+    chosen = scanned[scanned["compute_optimal"].astype(bool)]
+    pool = (chosen if len(chosen) else scanned).sort_values(["C", "N"])
+    keep = np.unique(np.linspace(0, len(pool) - 1, min(len(pool), MAX_CELL_CURVES)).round().astype(int))
+    return pool.iloc[keep]
+
+
+def _draw_cell_scans(ax, hp, cells: pd.DataFrame) -> list[np.ndarray]:
+    """Per cell: measured points (% above the cell's fitted optimum), the fitted curve, the optimum with its
+    interval. Returns the lr values the axis must show (the scanned points)."""
+    from analysis.hyperparams import cell_loss_curve
+
+    shown = []
+    for color, row in zip(_colors(len(cells)), cells.to_dict("records")):
+        pts = hp.points[hp.points["cell"] == row["cell"]]
+        if row.get("two_d") and np.isfinite(row.get("batch_opt", np.nan)):  # the batch size nearest the optimum
+            nearest = np.abs(np.log(pts["batch_size"].to_numpy(float) / row["batch_opt"]))
+            pts = pts[nearest == nearest.min()]
+        flagged = bool(row["flags"])
+        ref = row["loss_opt"] if np.isfinite(row.get("loss_opt", np.nan)) else row["best_loss"]
+        lr = pts["lr"].to_numpy(float)
+        label = (f"N {_fmt(row['N'])}, D {_fmt(row['D'])}" + (" *" if row.get("compute_optimal") else "")
+                 + (f" [{', '.join(row['flags'])}]" if flagged else ""))
+        ax.plot(lr, 100 * (pts["loss_mean"].to_numpy(float) / ref - 1), "o", color=color,
+                mfc="none" if flagged else color, label=label)
+        grid = np.geomspace(lr.min(), lr.max(), 60)
+        ax.plot(grid, 100 * (cell_loss_curve(row, grid) / ref - 1), color=color, lw=1.2,
+                ls="--" if flagged else "-")
+        if np.isfinite(row.get("lr_opt", np.nan)):
+            lo, hi = row.get("lr_lo", np.nan), row.get("lr_hi", np.nan)
+            err = ([[row["lr_opt"] - lo], [hi - row["lr_opt"]]] if np.isfinite(lo) and np.isfinite(hi) else None)
+            ax.errorbar([row["lr_opt"]], [0.0], xerr=err, fmt="*", color=color, mec="k", ms=11, capsize=3,
+                        mfc="none" if flagged else color)
+        shown.append(lr)
+    return shown
+
+
+def _draw_law_panel(ax, hp, law, what: str, unit: str) -> None:
+    """Each scanned cell's located optimum vs C with its interval (cells the law uses in colour, flagged ones
+    hollow), each budget's point the law fits, and the law with its 95% band, over the cells' C range."""
+    cells = hp.cells[hp.cells["scanned"].astype(bool)]
+    located = cells[np.isfinite(cells[f"{what}_opt"].astype(float))]
+    lo_col, hi_col = f"{what}_lo", f"{what}_hi"
+    for row in located.to_dict("records"):
+        used = bool(row.get(f"used_{what}_C"))
+        lo, hi = row.get(lo_col, np.nan), row.get(hi_col, np.nan)
+        err = [[row[f"{what}_opt"] - lo], [hi - row[f"{what}_opt"]]] if np.isfinite(lo) and np.isfinite(hi) else None
+        style = {"color": "C0" if used else "0.6", "mfc": "C0" if used else "none", "ms": 7 if used else 5}
+        ax.errorbar([row["C"]], [row[f"{what}_opt"]], yerr=err, fmt="o", capsize=2, lw=1, **style)
+    ax.plot([], [], "o", color="C0", label="cell used by the law")
+    ax.plot([], [], "o", color="0.6", mfc="none", label="other cell / flagged")
+    points = pd.DataFrame(hp.diagnostics.get(f"{what}_law_points") or [])
+    if not points.empty:  # each budget's optimum at its optimum N (interpolated between cells): what the law fits
+        ax.plot(points["C"], points[f"{what}_opt"], "D", color="C3", mec="k", ms=6, label="budget optimum (law input)")
+    C = np.geomspace(cells["C"].min(), cells["C"].max(), 80)
+    ax.plot(C, law.predict(C), color="C3", lw=2,
+            label=f"{law.y_name} = {law.params['coef']:.3g}·C^{law.params['exponent']:.3f}")
+    band = _band(law.predict_samples(C))
+    if band is not None:
+        ax.fill_between(C, *band, color="C3", alpha=BAND_ALPHA, lw=0, label="95% band")
+    _log_axes(ax, "x", "y")
+    _clip_log(ax, "x", cells["C"], margin=1.5)
+    _clip_log(ax, "y", located[f"{what}_opt"], law.predict(C), margin=2.0)
+    ax.set_xlabel("cell compute C (FLOPs)")
+    ax.set_ylabel(unit)
+    ax.legend(fontsize=7)
+    ax.grid(True, which="major", alpha=0.3)
+
+
 def plot_hyperparams(fit) -> Figure | None:
-    """Per budget: loss heatmap over (lr, batch) with the optimum marked, or loss-vs-lr curves for 1-D scans."""
-    d = _as_dict(fit)
-    hp = d.get("hyperparams")
-    runs = _runs(d)
-    if not hp or runs.empty or "lr" not in runs:
+    """The LR (and batch) figure: per cell, the measured loss vs lr, the fitted quadratic and the located optimum
+    with its interval; then lr_opt vs C across cells with the law and its band (and B_opt vs C with a batch law).
+    Takes a FitReport, a fit.json dict or path, or a HyperparamFit (or its to_dict()); None without LR laws."""
+    hp = _hyperparam_result(fit)
+    if hp is None or hp.lr_opt is None or hp.cells.empty or hp.points.empty:
         return None
-    if "kind" in runs and (runs["kind"] == "hparam").any():
-        runs = runs[runs["kind"] == "hparam"]
-    optima = {float(b["budget"]): b for b in hp.get("budgets") or []}
-    budgets = [b for b in sorted(runs["budget"].unique()) if runs.loc[runs["budget"] == b, "lr"].nunique() >= 2]
-    if not budgets:
-        return None
-    two_d = "batch_size" in runs and any(runs.loc[runs["budget"] == b, "batch_size"].nunique() >= 2 for b in budgets)
-    if not two_d:
-        fig = Figure(figsize=(7.5, 5), layout="constrained")
-        ax = fig.add_subplot()
-        for color, b in zip(_colors(len(budgets)), budgets):
-            pts = runs[runs["budget"] == b].sort_values("lr")
-            ax.plot(pts["lr"], pts["loss"], "o-", color=color, label=f"C = {_fmt(b)}")
-            opt = optima.get(float(b), {})
-            if opt.get("lr_opt"):
-                ax.axvline(opt["lr_opt"], color=color, ls=":", lw=1)
-        _log_axes(ax, "x")
-        ax.set_xlabel("peak learning rate")
-        ax.set_ylabel("final validation loss (nats/token)")
-        ax.set_title("Learning-rate scans per budget (dotted = fitted optimum)")
-        ax.legend(title="budget (FLOPs)", fontsize=8)
-        ax.grid(True, alpha=0.3)
-        return fig
-    cols = min(len(budgets), 3)
-    nrows = math.ceil(len(budgets) / cols)
-    fig = Figure(figsize=(4.2 * cols + 1, 3.6 * nrows), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(nrows, cols)).ravel()
-    grids = {b: runs[runs["budget"] == b].pivot_table(index="batch_size", columns="lr", values="loss", aggfunc="min")
-             for b in budgets}
-    excess = {b: 100 * (g / np.nanmin(g.to_numpy()) - 1) for b, g in grids.items()}  # % above the budget's best run
-    every = np.concatenate([e.to_numpy().ravel() for e in excess.values()])
-    norm = Normalize(0, max(float(np.nanpercentile(every, 90)), 0.5))
-    for i, (ax, b) in enumerate(zip(axes, budgets)):
-        grid = excess[b]
-        ax.pcolormesh(np.arange(grid.shape[1] + 1), np.arange(grid.shape[0] + 1), grid.to_numpy(), cmap="viridis",
-                      norm=norm, shading="flat")
-        ax.set_xticks(np.arange(grid.shape[1]) + 0.5, [f"{v:.2g}" for v in grid.columns], rotation=45, fontsize=7)
-        ax.set_yticks(np.arange(grid.shape[0]) + 0.5, [f"{v:.3g}" for v in grid.index], fontsize=7)
-        opt = optima.get(float(b), {})
-        if opt.get("lr_opt") and opt.get("batch_opt"):
-            x = np.interp(np.log(opt["lr_opt"]), np.log(grid.columns.to_numpy(float)), np.arange(grid.shape[1])) + 0.5
-            y = np.interp(np.log(opt["batch_opt"]), np.log(grid.index.to_numpy(float)), np.arange(grid.shape[0])) + 0.5
-            ax.plot([x], [y], marker="*", color="r", ms=14, mec="k", ls="none", label="fitted optimum")
-            if i == 0:
-                ax.legend(fontsize=7, loc="upper right")
-        ax.set_xlabel("peak learning rate")
-        ax.set_ylabel("batch size (tokens)")
-        ax.set_title(f"C = {_fmt(b)} FLOPs (best loss {np.nanmin(grids[b].to_numpy()):.3f})", fontsize=9)
-    for ax in axes[len(budgets):]:
-        ax.set_visible(False)
-    fig.colorbar(ScalarMappable(norm=norm, cmap="viridis"), ax=list(axes[:len(budgets)]), extend="max",
-                 label="loss above the budget's best run (%)")
-    fig.suptitle("Loss over learning rate x batch size per budget (★ = fitted optimum)")
+    panels = 3 if hp.batch_opt is not None else 2
+    fig = Figure(figsize=(5.2 * panels, 4.6), layout="constrained")
+    axes = fig.subplots(1, panels)
+    shown = _draw_cell_scans(axes[0], hp, _cells_to_draw(hp.cells))
+    _log_axes(axes[0], "x")
+    _clip_log(axes[0], "x", *shown, margin=1.3)
+    axes[0].set_ylim(bottom=-0.1 * max(axes[0].get_ylim()[1], 0.1))
+    axes[0].set_xlabel("peak learning rate")
+    axes[0].set_ylabel("loss above the cell's fitted optimum (%)")
+    axes[0].set_title("Per cell: scan, fitted quadratic, optimum ★ with 95% interval", fontsize=9)
+    axes[0].legend(fontsize=6, title="cell (* = compute-optimal)", title_fontsize=7)
+    axes[0].grid(True, alpha=0.3)
+    _draw_law_panel(axes[1], hp, hp.lr_opt, "lr", "loss-optimal peak learning rate")
+    axes[1].set_title("lr_opt(C) across cells", fontsize=9)
+    if hp.batch_opt is not None:
+        _draw_law_panel(axes[2], hp, hp.batch_opt, "batch", "loss-optimal batch size (tokens)")
+        axes[2].set_title("B_opt(C) across cells", fontsize=9)
+    fig.suptitle("Learning rate and batch size: optimum per (N, D) cell, laws across the compute-optimal cells")
     return fig
 
 
@@ -384,36 +487,34 @@ def plot_hyperparams(fit) -> Figure | None:
 
 def plot_residuals(fit) -> Figure | None:
     """Log residuals (observed vs fitted) of the parametric fit, the N_opt law and the L(C) law against C."""
-    d = _as_dict(fit)
-    runs = _runs(d)
+    report = as_report(fit)
+    runs = report.runs
     panels = []
-    par = d.get("parametric")
-    if par and not runs.empty:
+    par = report.fits.get("parametric")
+    if par is not None and not runs.empty:
         size = select_size_runs(runs)
-        pred = (float(par["E"]) + float(par["A"]) * size["N"] ** -float(par["alpha"])
-                + float(par["B"]) * size["D"] ** -float(par["beta"]))
-        panels.append(("approach 3: ln L_obs − ln L(N, D)", size["C"], np.log(size["loss"] / pred), "loss"))
-    iso = d.get("isoflop")
-    if iso:
-        used = [b for b in iso.get("budgets") or [] if not b.get("flags")]
-        C = np.array([b["budget"] for b in used])
-        law = iso["N_opt"]
+        pred = par.predict(size["N"].to_numpy(), size["D"].to_numpy())
+        panels.append(("approach 3: ln L_obs − ln L(N, D)", size["C"], np.log(size["loss"].to_numpy() / pred)))
+    iso = report.fits.get("isoflop")
+    if iso is not None:
+        used = iso.budgets[[not f for f in iso.budgets["flags"]]]
+        C = used["budget"].to_numpy(dtype=float)
         panels.append(("approach 2: ln N_opt − ln law", C,
-                       np.log(np.array([b["N_opt"] for b in used]) / (law["coef"] * C ** law["exponent"])), "N"))
-    sat = d.get("loss_vs_compute")
-    if sat and (sat.get("diagnostics") or {}).get("points"):
-        pts = pd.DataFrame(sat["diagnostics"]["points"])
-        pred = sat["E"] + sat["A"] * pts["budget"] ** -sat["gamma"]
-        panels.append(("L(C): ln L_opt − ln fit", pts["budget"], np.log(pts["L_opt"] / pred), "loss"))
+                       np.log(used["N_opt"].to_numpy(dtype=float) / iso.N_opt.predict(C))))
+    sat = report.fits.get("loss_vs_compute")
+    if sat is not None and sat.diagnostics.get("points"):
+        pts = pd.DataFrame(sat.diagnostics["points"])
+        C = pts["budget"].to_numpy(dtype=float)
+        panels.append(("L(C): ln L_opt − ln fit", C, np.log(pts["L_opt"].to_numpy(dtype=float) / sat.predict(C))))
     if not panels:
         return None
     fig = Figure(figsize=(4.5 * len(panels), 3.8), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(panels)))
-    for ax, (title, x, r, _) in zip(axes, panels):
+    for ax, (title, x, r) in zip(axes, panels):
         ax.axhline(0, color="0.5", lw=1)
         ax.scatter(x, r, s=14)
         _log_axes(ax, "x")
-        ax.set_xlabel(f"training compute C (FLOPs; {_convention(d)})")
+        ax.set_xlabel(f"training compute C (FLOPs; {_convention(report)})")
         ax.set_ylabel("log residual (natural log)")
         ax.set_title(title, fontsize=10)
         ax.grid(True, alpha=0.3)
@@ -422,32 +523,40 @@ def plot_residuals(fit) -> Figure | None:
 
 
 def plot_backtest(fit) -> Figure | None:
-    """Predicted (95% interval) vs measured loss, N_opt and D_opt at each held-out budget."""
-    d = _as_dict(fit)
-    bt = d.get("backtest")
-    if not bt or not bt.get("rows"):
+    """Predicted (95% interval, when there is one) vs measured loss, N_opt and D_opt at each held-out budget."""
+    report = as_report(fit)
+    bt = report.backtest
+    if bt is None or bt.table.empty:
         return None
-    rows = bt["rows"]
+    rows = bt.held_out()
     fig = Figure(figsize=(12, 3.8), layout="constrained")
     axes = fig.subplots(1, 3)
-    units = {"loss": "loss (nats/token)", "N_opt": "N_opt (non-embedding params)", "D_opt": "D_opt (tokens)"}
+    units = {"loss": "loss (nats/token)", "N_opt": "N_opt (params)", "D_opt": "D_opt (tokens)"}
+    C = np.array([r["budget"] for r in rows])
     for ax, q in zip(axes, ("loss", "N_opt", "D_opt")):
-        C = np.array([r["budget"] for r in rows])
-        pred = np.array([r[f"{q}_pred"] for r in rows])
-        lo = np.array([r[f"{q}_lo"] if r[f"{q}_lo"] is not None else r[f"{q}_pred"] for r in rows])
-        hi = np.array([r[f"{q}_hi"] if r[f"{q}_hi"] is not None else r[f"{q}_pred"] for r in rows])
-        ax.errorbar(C, pred, yerr=[np.maximum(pred - lo, 0), np.maximum(hi - pred, 0)], fmt="o", capsize=4,
-                    label="predicted (95%)")
-        ax.scatter(C, [r[f"{q}_measured"] for r in rows], marker="x", color="C3", s=50, zorder=3, label="measured")
-        for c, r in zip(C, rows):
-            ax.annotate(f"{100 * r[f'{q}_rel_error']:+.1f}%", (c, r[f"{q}_pred"]), textcoords="offset points",
+        preds = [r["predictions"][q] for r in rows]
+        pred = np.array([p["predicted"] for p in preds])
+        measured = np.array([p["measured"] for p in preds])
+        with_iv = [j for j, p in enumerate(preds) if p["interval"].determined]
+        without = [j for j, p in enumerate(preds) if not p["interval"].determined]
+        if with_iv:
+            lo = np.array([preds[j]["interval"].lo for j in with_iv])
+            hi = np.array([preds[j]["interval"].hi for j in with_iv])
+            ax.errorbar(C[with_iv], pred[with_iv], yerr=[np.maximum(pred[with_iv] - lo, 0),
+                                                         np.maximum(hi - pred[with_iv], 0)],
+                        fmt="o", capsize=4, label="predicted (95%)")
+        if without:
+            ax.plot(C[without], pred[without], "o", mfc="none", color="C0", label="predicted (no interval)")
+        ax.scatter(C, measured, marker="x", color="C3", s=50, zorder=3, label="measured")
+        for c, p in zip(C, preds):
+            ax.annotate(f"{100 * p['rel_error']:+.1f}%", (c, p["predicted"]), textcoords="offset points",
                         xytext=(8, 0), fontsize=8)
         _log_axes(ax, "x")
+        _clip_linear(ax, "y", pred, measured, margin=0.5)
         ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 4))
-        ax.set_xlabel(f"held-out budget C (FLOPs; {_convention(d)})")
+        ax.set_xlabel(f"held-out budget C (FLOPs; {_convention(report)})")
         ax.set_ylabel(units[q])
         ax.legend(fontsize=8)
         ax.grid(True, alpha=0.3)
-    fig.suptitle(f"Backtest: fitted on budgets ≤ {_fmt((bt.get('diagnostics') or {}).get('cutoff', math.nan))} "
-                 "FLOPs, predicting the larger ones")
+    fig.suptitle(f"Backtest: fitted on budgets ≤ {_fmt(bt.diagnostics['cutoff'])} FLOPs, predicting the larger ones")
     return fig

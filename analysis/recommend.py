@@ -1,158 +1,436 @@
-"""Turn a fit (FitReport or the fit.json dict) into a concrete training recommendation for a FLOP budget.
+"""Turn a fit (FitReport, fit.json dict or path) into a concrete training recommendation for a FLOP budget.
 
-Every quantity carries a 95% bootstrap interval obtained by pushing the stored bootstrap samples of the laws through
-the same formulas as the point estimate:
+Every number comes from a law's own result object (predict / predict_samples / optimal_allocation_samples), and its
+interval from pushing the law's bootstrap draws through the same call (analysis.result.interval_from_draws):
 
-- N (non-embedding params): approach 2 law N_opt(C) from `isoflop` if present, else the approach 3 allocation
-  N_opt = G (C/k)^a with G = (alpha A / (beta B))^(1/(alpha+beta)), a = beta/(alpha+beta), else the `envelope` law.
-- D (tokens) = C / (k N), k from `meta.k` (C = k N D; 6 for the "6N" convention).
-- batch size (tokens) and peak LR: `hyperparams` laws B_opt(C), lr_opt(C) when fitted, else the published DeepSeek LLM
-  laws B_opt = 0.2920 C^0.3271 tokens, lr_opt = 0.3118 C^-0.1250 (flagged in `warnings`; no interval).
-- steps = ceil(D / batch), warmup = warmup_frac * steps (the trainer's default warmup_frac is 0.05).
-- expected loss: `loss_vs_compute` saturating law L(C) = E + A C^-gamma and/or the parametric L(N, D) at the
-  recommended (N, D); both are reported when both exist (`expected_loss`, `expected_loss_parametric`).
+- N (params, counted as the fit counts them): approach 2 (isoflop N_opt(C)), else approach 3 (the parametric
+  allocation), else approach 1 (envelope N_opt(C)). A law marked unreliable, or whose N interval at the budget spans
+  more than MAX_SPAN_RATIO, is passed over for the next one, and the recommendation says which fallback it used.
+- D (tokens) = C / (k N), k from meta.k (C = k N D; 6 for "6N").
+- batch size (tokens) and peak LR: the hyperparams laws B_opt(C), lr_opt(C) when fitted and reliable, else the
+  published DeepSeek LLM laws B_opt = 0.2920 C^0.3271 tokens, lr_opt = 0.3118 C^-0.1250 (no interval).
+- steps = ceil(D / batch), warmup = warmup_frac * steps.
+- expected loss: L(C) (loss_vs_compute) and L(N, D) (parametric) at the recommended (N, D); both are reported, and
+  the recommendation warns when they disagree beyond their intervals (likewise approach 2 vs approach 3 N_opt).
+- shape: from the fit's family / vocab / seq_len (or the options); without them no shape is invented.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from analysis.result import FitResult, json_safe, percentile_interval
+from analysis.data import PARAM_COUNTS
+from analysis.fitreport import UNSPECIFIED_COUNT, FitReport, as_report
+from analysis.result import MAX_SPAN_RATIO, FitResult, Interval, interval_from_draws, json_safe
+from scaling.config import FAMILIES
 from scaling.errors import ConfigError
+from scaling.ladder import params_for_shape, shape_for_params
 
 DEEPSEEK_BATCH = (0.2920, 0.3271)  # B_opt = 0.2920 C^0.3271 tokens (DeepSeek LLM 2024, C = M D)
 DEEPSEEK_LR = (0.3118, -0.1250)  # lr_opt = 0.3118 C^-0.1250
 LARGE_EXTRAPOLATION = 100.0
 STRONG_EXTRAPOLATION = 1e4
-WIDE_INTERVAL_RATIO = 4.0  # hi/lo above this on N, D, batch or lr is called wide
 BACKTEST_TOL = 0.05  # backtest relative errors above this (loss, N_opt, D_opt) are warned about
+UNCHECKED_DISAGREEMENT = 0.10  # two predictions without intervals differing by more than this are warned about
+MAX_SHAPE_PARAMS = 1e14  # no shape is searched beyond this many params (the ladder's search grows with N^(1/3))
+NO_DRAWS = "no bootstrap draws (the fit ran with n_boot = 0)"
+EXPONENTS = ("exponent", "a", "b", "alpha", "beta", "gamma")  # the laws' exponents, judged by their plausible range
+
+LABELS = {  # quantity -> (label with unit, number format)
+    "N": ("N (params)", ".4g"), "D": ("D (tokens)", ".4g"), "batch_size_tokens": ("batch size (tokens)", ".4g"),
+    "lr": ("peak learning rate", ".4g"), "steps": ("steps", ".6g"), "warmup_steps": ("warmup steps", ".6g"),
+    "expected_loss": ("expected final loss (nats/token)", ".4g"),
+    "expected_loss_parametric": ("expected loss, parametric L(N, D)", ".4g"),
+    "n_layer": ("n_layer", ".0f"), "d_model": ("d_model", ".0f"), "n_heads": ("n_heads", ".0f"),
+    "d_ff": ("d_ff", ".0f")}
 
 
-@dataclass
-class Recommendation(FitResult):
-    """A recommended run for `budget` FLOPs. `params` holds the point estimates, `intervals` their 95% intervals."""
+@dataclass(frozen=True)
+class Estimate:
+    """One candidate value of a quantity: its point, its bootstrap draws, where it came from and any doubt."""
 
-    budget: float = math.nan
-    extrapolation_factor: float = math.nan  # budget / largest fitted budget
+    point: float
+    draws: np.ndarray
+    method: str
+    source: str
+    unreliable: str = ""  # why the law behind it is not to be trusted ("" when it is)
+    no_interval: str = ""  # why there is no interval at all (a published law), overriding the draws
+
+    def interval(self) -> Interval:
+        if self.no_interval:
+            return Interval.undetermined(self.no_interval)
+        if self.draws.size == 0:
+            return Interval.undetermined(NO_DRAWS)
+        return interval_from_draws(self.draws, method=self.method)
+
+
+@dataclass(eq=False)
+class Recommendation:
+    """A recommended run for `budget` FLOPs: `params` (point values), `intervals` (Interval per quantity),
+    `sources` (which law), `fallbacks` (quantity -> the fallback used and why), `unreliable` (quantity -> reason),
+    `warnings`, `model` (the ModelConfig fields, or None with `shape_note` saying what is missing)."""
+
+    budget: float
+    params: dict[str, float] = field(default_factory=dict)
+    intervals: dict[str, Interval] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+    fallbacks: dict[str, str] = field(default_factory=dict)
+    unreliable: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
-    sources: dict[str, str] = field(default_factory=dict)  # quantity -> which law produced it
-    model: dict = field(default_factory=dict)  # the concrete ModelConfig as a dict
-    name: str = "recommendation"
+    model: dict | None = None
+    shape_note: str = ""
+    extrapolation_factor: float = math.nan  # budget / largest fitted budget
+    diagnostics: dict = field(default_factory=dict)
+
+    def label(self, key: str) -> str:
+        """The quantity's label with its unit (N says what it counts)."""
+        if key == "N":
+            count = self.diagnostics.get("parameter_count", UNSPECIFIED_COUNT)
+            return "N (params, count unspecified)" if count == UNSPECIFIED_COUNT else f"N ({count} params)"
+        return LABELS.get(key, (key,))[0]
+
+    def row(self, key: str) -> str:
+        """'label  value  [lo, hi] (n_ok/n_total)' with 'undetermined: reason' and 'UNRELIABLE: reason' marks."""
+        fmt = LABELS.get(key, (key, ".4g"))[1]
+        line = f"  {self.label(key):<36s} {self.params[key]:{fmt}}   {describe(self.intervals.get(key), fmt)}"
+        if key in self.unreliable:
+            line += f"   UNRELIABLE: {self.unreliable[key]}"
+        return line
 
     def summary(self) -> str:
-        p, iv = self.params, self.intervals
-        conv = self.diagnostics.get("flop_convention", "6N")
-
-        def row(key: str, label: str, fmt: str = ".4g") -> str:
-            lo, hi = iv.get(key, (math.nan, math.nan))
-            return f"  {label:<34s} {p[key]:{fmt}}   [{lo:{fmt}}, {hi:{fmt}}]"
-
+        conv = self.diagnostics.get("flop_convention", "?")
         lines = [(f"recommendation for C = {self.budget:.3g} FLOPs ({conv}), "
                  f"{self.extrapolation_factor:.3g}x the largest fitted budget")]
-        lines += [row("N", "N (non-embedding params)"), row("D", "D (tokens)")]
-        lines.append(f"  {'shape':<34s} n_layer={p['n_layer']:.0f} d_model={p['d_model']:.0f} "
-                     f"n_heads={p['n_heads']:.0f} d_ff={p['d_ff']:.0f} ({self.model.get('family', '?')}, "
-                     f"N_shape = {p.get('N_shape', math.nan):.4g})")
-        lines += [row("batch_size_tokens", "batch size (tokens)"), row("lr", "peak learning rate"),
-                  row("steps", "steps", ".0f"), row("warmup_steps", "warmup steps", ".0f"),
-                  row("expected_loss", "expected final loss (nats/token)")]
-        if "expected_loss_parametric" in p:
-            lines.append(row("expected_loss_parametric", "expected loss, parametric L(N, D)"))
+        lines += [self.row(key) for key in ("N", "D") if key in self.params]
+        if self.model is not None:
+            lines.append(f"  {'shape':<36s} n_layer={self.model['n_layer']} d_model={self.model['d_model']} "
+                         f"n_heads={self.model['n_heads']} d_ff={self.model['d_ff']} ({self.model['family']}, "
+                         f"vocab {self.model['vocab_size']}, seq {self.model['seq_len']}; "
+                         f"N_shape = {self.params['N_shape']:.4g})")
+        else:
+            lines.append(f"  {'shape':<36s} none: {self.shape_note}")
+        lines += [self.row(key) for key in ("batch_size_tokens", "lr", "steps", "warmup_steps", "expected_loss",
+                                            "expected_loss_parametric") if key in self.params]
         lines.append("  sources: " + ", ".join(f"{k} <- {v}" for k, v in self.sources.items()))
+        lines += [f"  fallback for {k}: {v}" for k, v in self.fallbacks.items()]
         lines += [f"  warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
-        d = super().to_dict()
-        d.update(json_safe({"budget": self.budget, "extrapolation_factor": self.extrapolation_factor,
-                            "warnings": self.warnings, "sources": self.sources, "model": self.model}))
-        return d
+        return json_safe({"budget": self.budget, "params": self.params,
+                          "intervals": {k: iv.to_dict() for k, iv in self.intervals.items()},
+                          "sources": self.sources, "fallbacks": self.fallbacks, "unreliable": self.unreliable,
+                          "warnings": self.warnings, "model": self.model, "shape_note": self.shape_note,
+                          "extrapolation_factor": self.extrapolation_factor, "diagnostics": self.diagnostics})
+
+    @classmethod
+    def from_dict(cls, d) -> Recommendation:
+        """Rebuild from to_dict() output; ConfigError on malformed input."""
+        if not isinstance(d, dict) or not isinstance(d.get("params"), dict):
+            raise ConfigError("recommendation", "a JSON object with params", type(d).__name__)
+        try:
+            params = {k: math.nan if v is None else float(v) for k, v in d["params"].items()}
+            return cls(budget=float(d["budget"]), params=params,
+                       intervals={k: Interval.from_dict(v, f"recommendation.intervals.{k}")
+                                  for k, v in d["intervals"].items()},
+                       sources=dict(d["sources"]), fallbacks=dict(d["fallbacks"]), unreliable=dict(d["unreliable"]),
+                       warnings=list(d["warnings"]), model=d["model"], shape_note=str(d["shape_note"]),
+                       extrapolation_factor=math.nan if d["extrapolation_factor"] is None
+                       else float(d["extrapolation_factor"]), diagnostics=dict(d["diagnostics"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ConfigError("recommendation", "members as written by Recommendation.to_dict",
+                              f"{type(e).__name__}: {e}") from None
+
+
+def describe(iv: Interval | None, fmt: str = ".4g") -> str:
+    """'[lo, hi] (n_ok/n_total)' or 'undetermined: reason (n_ok/n_total)'; never a point or [x, x]."""
+    if iv is None:
+        return "undetermined: no interval"
+    if not iv.determined:
+        return iv.describe()
+    return f"[{iv.lo:{fmt}}, {iv.hi:{fmt}}] ({iv.n_ok}/{iv.n_total})"
 
 
 def recommend(fit, budget: float, *, family: str | None = None, seq_len: int | None = None,
-              vocab_size: int | None = None, warmup_frac: float = 0.05) -> Recommendation:
-    """Recommend N, D, shape, batch, LR, steps and expected loss for `budget` FLOPs (in the fit's convention).
+              vocab_size: int | None = None, param_count: str | None = None,
+              warmup_frac: float = 0.05) -> Recommendation:
+    """Recommend N, D, batch, LR, steps, expected loss and (when the family and vocab are known) a shape for
+    `budget` FLOPs (in the fit's convention).
 
-    `fit` is a FitReport, its `to_dict()` (e.g. a reloaded fit.json) or a path to fit.json. The model family,
-    context length and vocabulary come from the fit's meta unless given (defaults gpt2 / 256 / 256).
+    fit: a FitReport, a fit.json dict or a path to fit.json. family, seq_len, vocab_size, param_count ("non-embedding"
+    or "total": what N counts) override the fit's meta.
     """
-    fit = _as_dict(fit)
+    report = as_report(fit)
     budget = _positive_budget(budget)
-    meta = fit.get("meta", {}) or {}
-    k = float(meta.get("k") or 6.0)
-    warnings: list[str] = []
-    sources: dict[str, str] = {}
-    values: dict[str, tuple[float, np.ndarray]] = {}
+    meta = report.meta
+    k = float(meta["k"])
+    rec = Recommendation(budget=budget, diagnostics={"flop_convention": meta["flop_convention"], "k": k})
+    estimates: dict[str, Estimate] = {}
 
-    values["N"], sources["N"] = _n_opt(fit, budget, k)
-    n_point, n_samples = values["N"]
-    values["D"] = (budget / (k * n_point), budget / (k * n_samples))
-    sources["D"] = f"C / ({k:.4g} N)"
+    n_candidates = _n_candidates(report, budget)
+    estimates["N"] = _choose("N", n_candidates, rec)
+    n = estimates["N"]
+    if not (math.isfinite(n.point) and n.point > 0):
+        raise ConfigError("budget", f"a budget at which {n.source} gives a finite positive N", budget)
+    estimates["D"] = Estimate(budget / (k * n.point), budget / (k * n.draws), n.method, f"C / ({k:.4g} N)",
+                              n.unreliable)
+    _compare(rec, "N_opt", n_candidates)
 
-    hp = fit.get("hyperparams") or {}
-    for key, law_name, fallback, label in (("batch_size_tokens", "batch_opt", DEEPSEEK_BATCH, "batch size"),
-                                           ("lr", "lr_opt", DEEPSEEK_LR, "learning rate")):
-        law = _law(hp.get(law_name))
-        if law is not None:
-            values[key], sources[key] = _eval_law(law, budget), f"hyperparams.{law_name}"
-        else:
-            coef, exponent = fallback
-            values[key] = (coef * budget ** exponent, np.empty(0))
-            sources[key] = f"DeepSeek LLM fallback {coef} C^{exponent}"
-            warnings.append(f"{label}: no fitted law; using the published DeepSeek LLM law {coef}*C^{exponent} "
-                            "(fitted with C = non-embedding FLOPs/token x tokens; no interval)")
+    seq = seq_len or meta.get("seq_len")
+    estimates["batch_size_tokens"] = _round_batch(_hyperparam("batch_opt", report, budget, rec), seq)
+    estimates["lr"] = _hyperparam("lr_opt", report, budget, rec)
+    estimates["steps"] = _steps(estimates["D"], estimates["batch_size_tokens"])
+    estimates["warmup_steps"] = dataclasses.replace(
+        estimates["steps"], point=float(np.round(warmup_frac * estimates["steps"].point)),
+        draws=np.round(warmup_frac * estimates["steps"].draws), source=f"{warmup_frac:g} x steps")
 
-    seq = int(seq_len or meta.get("seq_len") or 256)
-    values["batch_size_tokens"] = tuple(_round_batch(v, seq) for v in values["batch_size_tokens"])
-    d_point, d_samples = values["D"]
-    b_point, b_samples = values["batch_size_tokens"]
-    values["steps"] = (math.ceil(d_point / b_point), np.ceil(_paired_ratio(d_samples, b_samples, d_point, b_point)))
-    values["warmup_steps"] = tuple(np.round(warmup_frac * np.asarray(v)) for v in values["steps"])
-    sources["steps"] = "ceil(D / batch size)"
-    sources["warmup_steps"] = f"{warmup_frac:g} x steps"
-
-    loss_values, loss_sources = _expected_losses(fit, budget, n_point, d_point)
-    if not loss_values:
+    losses = _loss_candidates(report, budget, n.point, estimates["D"].point)
+    if not losses:
         raise ConfigError("fit", "a loss_vs_compute, parametric, isoflop or envelope law to predict the loss")
-    values.update(loss_values)
-    sources.update(loss_sources)
+    estimates["expected_loss"] = _choose("expected_loss", losses, rec)
+    parametric = [e for e in losses if e.source.startswith("parametric")]
+    if parametric and estimates["expected_loss"] is not parametric[0]:
+        estimates["expected_loss_parametric"] = parametric[0]
+    _compare(rec, "expected loss", [e for e in losses if e.source.startswith(("L(C)", "parametric"))])
 
-    params = {key: float(v[0]) for key, v in values.items()}
-    intervals = {key: _interval(point, samples) for key, (point, samples) in values.items()}
-    for key in ("steps", "warmup_steps"):  # counts: widen the interval to whole steps
-        intervals[key] = (float(math.floor(intervals[key][0])), float(math.ceil(intervals[key][1])))
-    rec = Recommendation(params=params, intervals=intervals, budget=budget, sources=sources, name="recommendation",
-                         n_boot=max((len(s) for _, s in values.values()), default=0))
-    rec.diagnostics["flop_convention"] = meta.get("flop_convention", "6N")
-    rec.diagnostics["k"] = k
-    _add_shape(rec, family or meta.get("family") or "gpt2", seq, int(vocab_size or meta.get("vocab_size") or 256),
-               count="total" if meta.get("parameter_count") == "total" else "non_embedding",
-               ladder=meta.get("ladder") or {})
-    max_budget = meta.get("max_budget")
-    rec.extrapolation_factor = budget / float(max_budget) if max_budget else math.nan
-    rec.warnings = _extrapolation_warnings(rec.extrapolation_factor) + warnings + _diagnostic_warnings(fit, rec)
+    for key, est in estimates.items():
+        rec.params[key] = float(est.point)
+        rec.intervals[key] = est.interval()
+        rec.sources[key] = est.source
+        if est.unreliable and key not in rec.unreliable:
+            rec.unreliable[key] = est.unreliable
+    for key in ("steps", "warmup_steps"):  # counts: widen a real interval to whole steps
+        iv = rec.intervals[key]
+        if iv.determined:
+            rec.intervals[key] = dataclasses.replace(iv, lo=float(math.floor(iv.lo)), hi=float(math.ceil(iv.hi)))
+    for key, iv in rec.intervals.items():
+        ratio = iv.span_ratio()
+        if ratio > MAX_SPAN_RATIO and key not in rec.unreliable:
+            rec.unreliable[key] = f"interval spans {ratio:.3g}x (> {MAX_SPAN_RATIO:g}x)"
+
+    _add_shape(rec, report, family=family, seq_len=seq_len, vocab_size=vocab_size, param_count=param_count)
+    rec.extrapolation_factor = budget / float(meta["max_budget"])
+    rec.warnings = (_range_warnings(budget, meta) + rec.warnings + _diagnostic_warnings(report)
+                    + [f"{rec.label(key)} is UNRELIABLE: {why}" for key, why in rec.unreliable.items()])
     return rec
 
 
-def _as_dict(fit) -> dict:
-    if isinstance(fit, (str, Path)):
-        path = Path(fit)
-        if not path.is_file():
-            raise ConfigError("fit", "a fit.json file written by `scaling fit`", str(path))
-        try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ConfigError(str(path), f"valid JSON ({e})") from e
-    if hasattr(fit, "to_dict"):
-        return fit.to_dict()
-    if isinstance(fit, dict):
-        return fit
-    raise ConfigError("fit", "a FitReport, a fit.json dict or a path to fit.json", type(fit).__name__)
+# ---------------------------------------------------------------- candidates per quantity
+
+
+def _method(result: FitResult) -> str:
+    """How the result's draws were made (its intervals' method), for the intervals derived from them."""
+    methods = sorted({iv.method for iv in result.intervals.values() if iv.method != "none"})
+    return "+".join(methods) or "none"
+
+
+def _reasons(*results_and_keys) -> str:
+    """'; '-joined unreliable reasons of (result, names) pairs (names None: the result's EXPONENTS).
+
+    Only exponents (and quantities named explicitly) count: a poorly determined coefficient or irreducible loss
+    shows in the prediction's own interval at the budget, which is checked separately (_with_span)."""
+    out = []
+    for result, keys in results_and_keys:
+        if result is None:
+            continue
+        keys = EXPONENTS if keys is None else keys
+        out += [f"{name}: {why}" for name, why in result.unreliable.items() if name in keys]
+    return "; ".join(out)
+
+
+def _n_candidates(report: FitReport, budget: float) -> list[Estimate]:
+    """N at the budget from approach 2, approach 3, approach 1 (in that order of preference), those that exist."""
+    out = []
+    iso = report.fits.get("isoflop")
+    if iso is not None:
+        out.append(Estimate(float(iso.N_opt.predict(budget)), iso.N_opt.predict_samples(budget), _method(iso.N_opt),
+                            "isoflop.N_opt (approach 2)", _reasons((iso, ("a", "N_opt")), (iso.N_opt, None))))
+    par = report.fits.get("parametric")
+    if par is not None:
+        n_point, _ = par.optimal_allocation(budget)
+        n_draws, _ = par.optimal_allocation_samples(budget)
+        out.append(Estimate(float(n_point), np.asarray(n_draws, dtype=float), _method(par),
+                            "parametric allocation (approach 3)",
+                            _reasons((par, None))))
+    env = report.fits.get("envelope")
+    if env is not None:
+        out.append(Estimate(float(env.N_opt.predict(budget)), env.N_opt.predict_samples(budget), _method(env.N_opt),
+                            "envelope.N_opt (approach 1)", _reasons((env, ("a", "N_opt")), (env.N_opt, None))))
+    if not out:
+        raise ConfigError("fit", "an isoflop, parametric or envelope fit to choose N (none is in the fit)")
+    return out
+
+
+def _loss_candidates(report: FitReport, budget: float, n: float, d: float) -> list[Estimate]:
+    """Expected loss from L(C), then L(N, D) at the recommended point, then the isoflop / envelope L_opt laws."""
+    out = []
+    sat = report.fits.get("loss_vs_compute")
+    if sat is not None:
+        out.append(Estimate(float(sat.predict(budget)), sat.predict_samples(budget), _method(sat),
+                            "L(C) = E + A C^-gamma (loss_vs_compute)", _reasons((sat, None))))
+    par = report.fits.get("parametric")
+    if par is not None:
+        out.append(Estimate(float(par.predict(n, d)), par.predict_samples(n, d), _method(par),
+                            "parametric L(N, D) at the recommended N, D", _reasons((par, None))))
+    for name in ("isoflop", "envelope"):
+        fit = report.fits.get(name)
+        if fit is not None:
+            out.append(Estimate(float(fit.L_opt.predict(budget)), fit.L_opt.predict_samples(budget),
+                                _method(fit.L_opt), f"{name}.L_opt power law", _reasons((fit.L_opt, None))))
+    return out
+
+
+def _with_span(est: Estimate) -> Estimate:
+    """The estimate with its interval's width at this budget added to its doubts (> MAX_SPAN_RATIO)."""
+    ratio = est.interval().span_ratio()
+    if ratio > MAX_SPAN_RATIO:
+        why = f"interval at this budget spans {ratio:.3g}x (> {MAX_SPAN_RATIO:g}x)"
+        return dataclasses.replace(est, unreliable="; ".join(filter(None, (est.unreliable, why))))
+    return est
+
+
+def _choose(key: str, candidates: list[Estimate], rec: Recommendation) -> Estimate:
+    """The first reliable candidate, recording the fallback; the first one, marked UNRELIABLE, when none is."""
+    checked = [_with_span(c) for c in candidates]
+    chosen = next((c for c in checked if not c.unreliable), None)
+    if chosen is None:
+        rec.unreliable[key] = checked[0].unreliable
+        if len(checked) > 1:
+            rec.warnings.append(f"{key}: every law is unreliable ("
+                                + "; ".join(f"{c.source}: {c.unreliable}" for c in checked) + f"); using {checked[0].source}")
+        return checked[0]
+    if chosen is not checked[0]:
+        first = checked[0]
+        rec.fallbacks[key] = f"{chosen.source} instead of {first.source}, which is UNRELIABLE: {first.unreliable}"
+    return chosen
+
+
+def _hyperparam(law_name: str, report: FitReport, budget: float, rec: Recommendation) -> Estimate:
+    """lr_opt / batch_opt at the budget from the hyperparams law, else the published DeepSeek LLM law."""
+    coef, exponent = DEEPSEEK_LR if law_name == "lr_opt" else DEEPSEEK_BATCH
+    published = Estimate(coef * budget ** exponent, np.empty(0), "none",
+                         f"DeepSeek LLM published law {coef} C^{exponent}",
+                         no_interval="published law, no interval")
+    key = "lr" if law_name == "lr_opt" else "batch_size_tokens"
+    hp = report.fits.get("hyperparams")
+    law = getattr(hp, law_name, None) if hp is not None else None
+    if law is None:
+        why = "no hyperparams fit" if hp is None else f"no {law_name} law in the hyperparams fit"
+        rec.fallbacks[key] = f"{published.source} ({why}; fitted with C = non-embedding FLOPs/token x tokens)"
+        return published
+    fitted = _with_span(Estimate(float(law.predict(budget)), law.predict_samples(budget), _method(law),
+                                 f"hyperparams.{law_name}",
+                                 _reasons((hp, (law_name, law_name.replace("_opt", "_exponent"))), (law, None))))
+    if fitted.unreliable:
+        rec.fallbacks[key] = f"{published.source} instead of {fitted.source}, which is UNRELIABLE: {fitted.unreliable}"
+        return published
+    return fitted
+
+
+def _round_batch(est: Estimate, seq_len: int | None) -> Estimate:
+    """The batch size rounded to whole sequences of seq_len tokens (at least one), or to whole tokens."""
+    unit = seq_len or 1
+
+    def rounded(tokens):
+        return np.maximum(np.round(np.asarray(tokens, dtype=float) / unit), 1) * unit
+
+    return dataclasses.replace(est, point=float(rounded(est.point)), draws=rounded(est.draws))
+
+
+def _steps(d: Estimate, batch: Estimate) -> Estimate:
+    """ceil(D / batch), per draw; a quantity without draws is held at its point (and the method says so)."""
+    if d.draws.size and batch.draws.size:
+        m = min(d.draws.size, batch.draws.size)  # independent fits: pair draw i with draw i
+        draws, method = d.draws[:m] / batch.draws[:m], f"{d.method} x {batch.method}"
+    elif d.draws.size:
+        draws, method = d.draws / batch.point, f"{d.method} (batch held at its point)"
+    elif batch.draws.size:
+        draws, method = d.point / batch.draws, f"{batch.method} (D held at its point)"
+    else:
+        draws, method = np.empty(0), "none"
+    return Estimate(float(math.ceil(d.point / batch.point)), np.ceil(np.asarray(draws, dtype=float)), method,
+                    "ceil(D / batch size)", "; ".join(filter(None, (d.unreliable, batch.unreliable))))
+
+
+def _compare(rec: Recommendation, what: str, estimates: list[Estimate]) -> None:
+    """Warn when two predictions of the same quantity disagree beyond their intervals."""
+    if len(estimates) < 2:
+        return
+    a, b = estimates[0], estimates[1]
+    ia, ib = a.interval(), b.interval()
+    text = f"{what}: {a.source} gives {a.point:.4g} {describe(ia)}, {b.source} gives {b.point:.4g} {describe(ib)}"
+    if ia.determined and ib.determined:
+        if ia.hi < ib.lo or ib.hi < ia.lo:
+            rec.warnings.append(f"{text}: they disagree beyond their intervals")
+    elif abs(a.point / b.point - 1) > UNCHECKED_DISAGREEMENT:
+        rec.warnings.append(f"{text}: they differ by {100 * abs(a.point / b.point - 1):.0f}% and without both "
+                            "intervals the difference cannot be judged")
+
+
+# ---------------------------------------------------------------- shape
+
+
+def _add_shape(rec: Recommendation, report: FitReport, *, family, seq_len, vocab_size, param_count) -> None:
+    """Fill n_layer, d_model, n_heads, d_ff from the shape ladder at N, when the family, vocab and context length
+    are known (from the options or the fit's meta); otherwise say which options the shape needs."""
+    meta = report.meta
+    family = family or meta.get("family")
+    seq_len = seq_len or meta.get("seq_len")
+    vocab_size = vocab_size or meta.get("vocab_size")
+    if param_count is not None and param_count not in PARAM_COUNTS:
+        raise ConfigError("param_count", f"one of {PARAM_COUNTS}", param_count)
+    count = param_count or meta["parameter_count"]
+    rec.diagnostics["parameter_count"] = count
+    missing = [opt for opt, v in (("--family", family), ("--vocab-size", vocab_size), ("--seq-len", seq_len),
+                                  ("--param-count", count != UNSPECIFIED_COUNT)) if not v]
+    if missing:
+        rec.shape_note = (f"the shape needs {', '.join(missing)} (the fit's metadata does not say the model "
+                          "family / vocabulary / context length / whether N counts embeddings)")
+        return
+    if family not in FAMILIES:
+        raise ConfigError("family", f"one of {FAMILIES}", family)
+    n = rec.params["N"]
+    if n > MAX_SHAPE_PARAMS:
+        rec.shape_note = f"N = {n:.3g} params is beyond the shape ladder's range (at most {MAX_SHAPE_PARAMS:.0e})"
+        return
+    ladder_count = count.replace("-", "_")
+    ladder = meta.get("ladder") or {}
+
+    def shape(params: float):
+        return shape_for_params(max(params, 1.0), family, seq_len=int(seq_len), vocab_size=int(vocab_size),
+                                count=ladder_count, **ladder)
+
+    try:
+        point = shape(n)
+    except ConfigError as e:
+        rec.shape_note = f"no shape within the ladder's tolerance of N = {n:.4g} ({e})"
+        return
+    shapes = [point]
+    iv = rec.intervals["N"]
+    if iv.determined:
+        for end in iv:
+            if end <= MAX_SHAPE_PARAMS:
+                try:
+                    shapes.append(shape(end))
+                except ConfigError:  # an interval end the ladder cannot reach: that end has no shape
+                    pass
+    for key in ("n_layer", "d_model", "n_heads", "d_ff"):
+        rec.params[key] = float(getattr(point, key))
+        vals = sorted({float(getattr(cfg, key)) for cfg in shapes})
+        rec.intervals[key] = (Interval(vals[0], vals[-1], iv.n_ok, iv.n_total, "shapes at the ends of N's interval")
+                              if len(vals) > 1 else Interval.undetermined(
+                                  "one shape across N's interval" if iv.determined else "N has no interval"))
+    rec.params["N_shape"] = float(params_for_shape(point, ladder_count))
+    rec.model = {key: getattr(point, key) for key in ("family", "n_layer", "d_model", "n_heads", "n_kv_heads",
+                                                       "d_ff", "seq_len", "vocab_size")}
+    rec.sources["shape"] = f"scaling.ladder.shape_for_params(N, count={ladder_count!r}, {ladder})"
+
+
+# ---------------------------------------------------------------- warnings
 
 
 def _positive_budget(budget) -> float:
@@ -165,130 +443,12 @@ def _positive_budget(budget) -> float:
     return value
 
 
-def _law(d) -> dict | None:
-    """A law object {coef, exponent, samples} or None when absent / not finite."""
-    if not isinstance(d, dict) or d.get("coef") is None or d.get("exponent") is None:
-        return None
-    return d
-
-
-def _samples(d: dict, n_cols: int) -> np.ndarray:
-    s = d.get("samples")
-    if not s:
-        return np.empty((0, n_cols))
-    arr = np.asarray(s, dtype=float)
-    if arr.ndim != 2 or arr.shape[1] < n_cols:
-        return np.empty((0, n_cols))
-    return arr[:, :n_cols]
-
-
-def _eval_law(law: dict, x: float) -> tuple[float, np.ndarray]:
-    """coef * x^exponent at the point estimate and for every bootstrap draw."""
-    s = _samples(law, 2)
-    return float(law["coef"]) * x ** float(law["exponent"]), s[:, 0] * x ** s[:, 1]
-
-
-def parametric_allocation(E, A, B, alpha, beta, compute, k: float = 6.0):
-    """Compute-optimal N under C = k N D for L = E + A N^-alpha + B D^-beta (arrays broadcast)."""
-    del E
-    G = (alpha * A / (beta * B)) ** (1.0 / (alpha + beta))
-    return G * (compute / k) ** (beta / (alpha + beta))
-
-
-def _n_opt(fit: dict, budget: float, k: float) -> tuple[tuple[float, np.ndarray], str]:
-    iso_law = _law((fit.get("isoflop") or {}).get("N_opt"))
-    if iso_law is not None:
-        return _eval_law(iso_law, budget), "isoflop.N_opt (approach 2)"
-    par = fit.get("parametric")
-    if par and all(par.get(key) is not None for key in ("E", "A", "B", "alpha", "beta")):
-        point = parametric_allocation(*(float(par[key]) for key in ("E", "A", "B", "alpha", "beta")), budget, k)
-        s = _samples(par, 5)
-        return (float(point), parametric_allocation(*s.T, budget, k)), "parametric allocation (approach 3)"
-    env_law = _law((fit.get("envelope") or {}).get("N_opt"))
-    if env_law is not None:
-        return _eval_law(env_law, budget), "envelope.N_opt (approach 1)"
-    raise ConfigError("fit", "an isoflop, parametric or envelope fit to choose N (none is in the fit)")
-
-
-def _expected_losses(fit: dict, budget: float, n: float, d: float) -> tuple[dict, dict]:
-    values, sources = {}, {}
-    sat = fit.get("loss_vs_compute")
-    if sat and all(sat.get(key) is not None for key in ("E", "A", "gamma")):
-        s = _samples(sat, 3)
-        point = float(sat["E"]) + float(sat["A"]) * budget ** -float(sat["gamma"])
-        values["expected_loss"] = (point, s[:, 0] + s[:, 1] * budget ** -s[:, 2])
-        sources["expected_loss"] = "loss_vs_compute (L = E + A C^-gamma)"
-    par = fit.get("parametric")
-    if par and all(par.get(key) is not None for key in ("E", "A", "B", "alpha", "beta")):
-        E, A, B, alpha, beta = (float(par[key]) for key in ("E", "A", "B", "alpha", "beta"))
-        s = _samples(par, 5)
-        pair = (E + A * n ** -alpha + B * d ** -beta, s[:, 0] + s[:, 1] * n ** -s[:, 3] + s[:, 2] * d ** -s[:, 4])
-        key = "expected_loss_parametric" if values else "expected_loss"
-        values[key], sources[key] = pair, "parametric L(N, D) at the recommended N, D"
-    for name in ("isoflop", "envelope"):
-        law = _law((fit.get(name) or {}).get("L_opt"))
-        if not values and law is not None:
-            values["expected_loss"], sources["expected_loss"] = _eval_law(law, budget), f"{name}.L_opt power law"
-    return values, sources
-
-
-def _round_batch(tokens, seq_len: int):
-    """Round a batch size in tokens to whole sequences (at least one)."""
-    return np.maximum(np.round(np.asarray(tokens, dtype=float) / seq_len), 1) * seq_len
-
-
-def _paired_ratio(num: np.ndarray, den: np.ndarray, num_point: float, den_point: float) -> np.ndarray:
-    """num/den per bootstrap draw; a quantity without draws is held at its point estimate."""
-    if num.size == 0 and den.size == 0:
-        return np.empty(0)
-    if num.size == 0:
-        return num_point / den
-    if den.size == 0:
-        return num / den_point
-    n = min(num.size, den.size)  # independent fits: pair draw i with draw i
-    return num[:n] / den[:n]
-
-
-def _interval(point: float, samples) -> tuple[float, float]:
-    """95% percentile interval of the draws, widened to contain the point estimate (point, point without draws)."""
-    lo, hi = percentile_interval(samples) if np.size(samples) else (point, point)
-    if not math.isfinite(lo):
-        lo, hi = point, point
-    return (min(lo, point), max(hi, point))
-
-
-def _add_shape(rec: Recommendation, family: str, seq_len: int, vocab_size: int, count: str = "non_embedding",
-               ladder: dict | None = None) -> None:
-    """Fill n_layer, d_model, n_heads, d_ff from the shape ladder at N (interval: shapes at the N interval ends).
-
-    count: what N counts ("non_embedding" or "total"); ladder: n_layer / head_dim every fitted run shared (kept, so
-    the shape stays in the family the laws were fitted on)."""
-    from scaling.ladder import params_for_shape, shape_for_params
-
-    def shape(n: float):
-        return shape_for_params(max(float(n), 1.0), family, seq_len=seq_len, vocab_size=vocab_size, count=count,
-                                **(ladder or {}))
-
-    point = shape(rec.params["N"])
-    shapes = [point]
-    for n in rec.intervals["N"]:
-        try:
-            shapes.append(shape(n))
-        except ConfigError:  # an interval end outside the ladder's range: keep the point shape there
-            shapes.append(point)
-    for key in ("n_layer", "d_model", "n_heads", "d_ff"):
-        vals = [float(getattr(cfg, key)) for cfg in shapes]
-        rec.params[key] = vals[0]
-        rec.intervals[key] = (min(vals), max(vals))
-    rec.params["N_shape"] = float(params_for_shape(shapes[0], count))
-    rec.model = {key: getattr(shapes[0], key) for key in ("family", "n_layer", "d_model", "n_heads", "n_kv_heads",
-                                                           "d_ff", "seq_len", "vocab_size")}
-    rec.sources["shape"] = f"scaling.ladder.shape_for_params(N, count={count!r}, {ladder or {}})"
-
-
-def _extrapolation_warnings(factor: float) -> list[str]:
-    if not math.isfinite(factor):
-        return ["extrapolation factor unknown (the fit has no meta.max_budget)"]
+def _range_warnings(budget: float, meta: dict) -> list[str]:
+    """Budgets below the fitted range, and large / very strong extrapolation above it."""
+    lowest, factor = min(meta["budgets"]), budget / meta["max_budget"]
+    if budget < lowest * (1 - 1e-9):
+        return [(f"budget {budget:.3g} FLOPs is below the fitted range ({lowest:.3g}..{meta['max_budget']:.3g}): "
+                "the laws are extrapolated downward, where nothing was measured")]
     if factor > STRONG_EXTRAPOLATION:
         return [(f"very strong extrapolation: {factor:.3g}x the largest fitted budget (> {STRONG_EXTRAPOLATION:.0e}x); "
                 "treat the recommendation as a rough guess")]
@@ -297,25 +457,21 @@ def _extrapolation_warnings(factor: float) -> list[str]:
     return []
 
 
-def _diagnostic_warnings(fit: dict, rec: Recommendation) -> list[str]:
+def _diagnostic_warnings(report: FitReport) -> list[str]:
     out = []
-    iso = fit.get("isoflop") or {}
-    flagged = [f"{b.get('budget', math.nan):.3g} ({', '.join(b['flags'])})" for b in iso.get("budgets") or []
-               if b.get("flags")]
-    if flagged:
-        out.append("isoflop budgets flagged (excluded from the laws): " + "; ".join(flagged))
-    for name in ("parametric", "isoflop", "loss_vs_compute", "hyperparams", "envelope"):
-        member = fit.get(name)
-        if isinstance(member, dict) and member.get("success") is False:
-            out.append(f"{name} fit did not converge: {member.get('message', '')}".rstrip(": "))
-    for key in ("N", "D", "batch_size_tokens", "lr"):
-        lo, hi = rec.intervals[key]
-        if lo > 0 and hi / lo > WIDE_INTERVAL_RATIO:
-            out.append(f"wide interval on {key}: [{lo:.3g}, {hi:.3g}] spans {hi / lo:.1f}x")
-    for row in (fit.get("backtest") or {}).get("rows") or []:
-        for q in ("loss", "N_opt", "D_opt"):
-            err = row.get(f"{q}_rel_error")
-            if err is not None and abs(err) > BACKTEST_TOL:
-                out.append(f"backtest: held-out budget {row.get('budget', math.nan):.3g} {q} predicted with "
-                           f"{100 * err:+.1f}% error (> {100 * BACKTEST_TOL:.0f}%)")
+    iso = report.fits.get("isoflop")
+    if iso is not None and "flags" in iso.budgets:
+        flagged = [f"{r['budget']:.3g} ({', '.join(r['flags'])})" for r in iso.budgets.to_dict("records")
+                   if r["flags"]]
+        if flagged:
+            out.append("isoflop budgets flagged (excluded from the laws): " + "; ".join(flagged))
+    for name, fit in report.fits.items():
+        if not fit.success:
+            out.append(f"{name} fit did not converge: {fit.message}".rstrip(": "))
+    if report.backtest is not None:
+        for row in report.backtest.held_out():
+            for q, pred in row["predictions"].items():
+                if abs(pred["rel_error"]) > BACKTEST_TOL:
+                    out.append(f"backtest: held-out budget {row['budget']:.3g} {q} predicted with "
+                               f"{100 * pred['rel_error']:+.1f}% error (> {100 * BACKTEST_TOL:.0f}%)")
     return out

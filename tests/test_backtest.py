@@ -1,4 +1,5 @@
-"""Backtests on synthetic runs from a known law: small errors on clean data, flags on a deliberately wrong case."""
+"""Backtests on synthetic runs from a known law: small errors on clean data, flags on a deliberately wrong case,
+intervals from the laws' own draws with n_ok/n_total, no verdict without intervals, and a typed round trip."""
 
 import json
 import math
@@ -6,13 +7,20 @@ import math
 import numpy as np
 import pytest
 
-from analysis.backtest import backtest, select_size_runs, synthetic_runs, true_optimal_n
+from analysis.backtest import BacktestResult, backtest
+from analysis.result import FitResult, Interval
+from analysis.selection import select_size_runs
+from analysis.simulate import synthetic_runs, true_optimal_n
 from scaling.errors import ConfigError
 
 
-def test_clean_synthetic_backtest_has_small_errors():
-    runs = synthetic_runs(noise=0.002, seed=1)
-    bt = backtest(runs, n_boot=100, seed=0)
+@pytest.fixture(scope="module")
+def clean():
+    return backtest(synthetic_runs(noise=0.002, seed=1), n_boot=100, seed=0)
+
+
+def test_clean_synthetic_backtest_has_small_errors(clean):
+    bt = clean
     assert bt.diagnostics["cutoff"] == pytest.approx(3e16)
     assert bt.diagnostics["heldout_budgets"] == [pytest.approx(1e17)]
     row = bt.table.iloc[0]
@@ -23,11 +31,29 @@ def test_clean_synthetic_backtest_has_small_errors():
     # L_opt(C) of this law is exactly E + K C^-gamma, so the saturating fit extrapolates to well within 2%.
     assert abs(row["loss_rel_error"]) < 0.02
     assert row["loss_log_ratio"] == pytest.approx(math.log(1 + row["loss_rel_error"]))
-    assert row["N_opt_lo"] <= row["N_opt_pred"] <= row["N_opt_hi"]
     assert bt.diagnostics["passed"], bt.summary()
     # the measured held-out optimum itself lies near the law's true optimum
     assert row["N_opt_measured"] == pytest.approx(true_optimal_n(1e17), rel=0.1)
-    json.dumps(bt.to_dict(), allow_nan=False)
+
+
+def test_predicted_intervals_come_from_the_laws_draws_with_counts(clean):
+    (row,) = clean.held_out()
+    for q, p in row["predictions"].items():
+        iv = p["interval"]
+        assert isinstance(iv, Interval) and iv.determined and iv.n_total == 100 and iv.n_ok >= 90, (q, iv)
+        assert p["inside"] is True
+    assert "(100/100)" in clean.summary() or "/100)" in clean.summary()
+
+
+def test_backtest_round_trips_as_a_typed_result(clean):
+    d = json.loads(json.dumps(clean.to_dict(), allow_nan=False))
+    assert d["kind"] == "backtest"
+    again = FitResult.from_dict(d)
+    assert isinstance(again, BacktestResult)
+    assert again.summary() == clean.summary()
+    assert again.held_out()[0]["predictions"]["N_opt"]["interval"] == clean.held_out()[0]["predictions"]["N_opt"][
+        "interval"]
+    assert again.params == pytest.approx(clean.params)
 
 
 def test_wrong_largest_budget_is_flagged():
@@ -42,6 +68,20 @@ def test_wrong_largest_budget_is_flagged():
     assert "loss_error" in flags
     assert bt.params["N_opt_rel_error"] > 1.0  # predicted ~4x the measured optimum
     assert not bt.diagnostics["passed"]
+    assert "OUTSIDE the interval" in bt.summary()
+
+
+def test_without_bootstrap_there_is_no_interval_and_no_outside_verdict():
+    runs = synthetic_runs(noise=0.002, seed=2)
+    top = runs["budget"] == runs["budget"].max()
+    runs.loc[top, "N"] = runs.loc[top, "N"] / 4
+    bt = backtest(runs, n_boot=0, seed=0)
+    (row,) = bt.held_out()
+    for p in row["predictions"].values():
+        assert p["inside"] is None and not p["interval"].determined and "n_boot = 0" in p["interval"].reason
+    assert "N_opt_error" in row["flags"] and not any(f.endswith("outside_interval") for f in row["flags"])
+    text = bt.summary()
+    assert "OUTSIDE" not in text and "no interval to check against" in text and "undetermined: " in text
 
 
 def test_explicit_cutoff_holds_out_two_budgets():

@@ -1,17 +1,21 @@
-"""recommend(): values with intervals, propagated from stored bootstrap samples, also from a reloaded fit.json."""
+"""recommend(): values with intervals from the laws' own draws, fallbacks for unreliable laws, warnings when two
+predictions disagree, shapes only from a known family / vocab, and bounded work at absurd budgets."""
 
 import json
 import math
+import signal
 
+import numpy as np
 import pytest
 
-from analysis.backtest import synthetic_runs, true_optimal_n
-from analysis.recommend import DEEPSEEK_LR, recommend
-from analysis.report import fit_all
+from analysis.fitreport import FitReport
+from analysis.recommend import DEEPSEEK_LR, MAX_SHAPE_PARAMS, Recommendation, recommend
+from analysis.report import _fixed_ladder_options, fit_all
+from analysis.result import Interval
+from analysis.simulate import synthetic_runs, true_optimal_n
 from scaling.errors import ConfigError
 
-KEYS = ("N", "D", "n_layer", "d_model", "n_heads", "d_ff", "batch_size_tokens", "lr", "steps", "warmup_steps",
-        "expected_loss")
+KEYS = ("N", "D", "batch_size_tokens", "lr", "steps", "warmup_steps", "expected_loss")
 
 
 @pytest.fixture(scope="module")
@@ -19,23 +23,46 @@ def report():
     return fit_all(synthetic_runs(hparam_grid=(5, 3), seed=0), n_boot=60, seed=0, backtest=False)
 
 
+@pytest.fixture(scope="module")
+def size_report():
+    """Approaches 2 and 3 and L(C), no hyperparameter laws."""
+    return fit_all(synthetic_runs(seed=4), laws=["isoflop", "loss", "parametric"], n_boot=60, backtest=False)
+
+
+def _edited(report: FitReport, edit) -> FitReport:
+    """The report through fit.json with `edit(d)` applied to the dict (as a user's file could be)."""
+    d = json.loads(json.dumps(report.to_dict()))
+    edit(d)
+    return FitReport.from_dict(d)
+
+
 def test_recommendation_is_finite_with_intervals_and_near_the_true_law(report):
     rec = recommend(report, 1e19)
     for key in KEYS:
-        lo, hi = rec.intervals[key]
-        assert math.isfinite(rec.params[key]) and lo <= rec.params[key] <= hi, key
-    assert rec.intervals["N"][0] < rec.intervals["N"][1]  # a real bootstrap interval, not a point
+        iv = rec.intervals[key]
+        assert isinstance(iv, Interval) and math.isfinite(rec.params[key]), key
+        assert iv.determined and iv.n_ok >= 0.9 * iv.n_total and iv.n_total == 60, (key, iv)
     assert rec.params["N"] == pytest.approx(true_optimal_n(1e19), rel=0.15)
     assert 6 * rec.params["N"] * rec.params["D"] == pytest.approx(1e19)
     assert rec.params["steps"] * rec.params["batch_size_tokens"] >= rec.params["D"]
     assert rec.params["batch_size_tokens"] % 256 == 0  # whole sequences of seq_len 256
     assert rec.params["d_model"] % rec.params["n_heads"] == 0
     # the synthetic sweep's lr optimum is 0.94 C^-0.125: the fitted law, not the DeepSeek fallback, is used
-    assert rec.sources["lr"] == "hyperparams.lr_opt"
+    assert rec.sources["lr"] == "hyperparams.lr_opt" and "lr" not in rec.fallbacks
     assert rec.params["lr"] == pytest.approx(0.94 * 1e19 ** -0.125, rel=0.3)
-    assert "expected_loss_parametric" in rec.params  # both loss laws exist, both are reported
     assert rec.extrapolation_factor == pytest.approx(100.0)
     assert not any("extrapolation" in w for w in rec.warnings)
+
+
+def test_n_and_expected_loss_are_the_laws_own_predictions(size_report):
+    rec = recommend(size_report, 3e18)
+    iso, sat, par = (size_report.fits[k] for k in ("isoflop", "loss_vs_compute", "parametric"))
+    assert rec.params["N"] == pytest.approx(float(iso.N_opt.predict(3e18)), rel=1e-12)
+    assert rec.params["expected_loss"] == pytest.approx(float(sat.predict(3e18)), rel=1e-12)
+    assert rec.params["expected_loss_parametric"] == pytest.approx(
+        float(par.predict(rec.params["N"], rec.params["D"])), rel=1e-12)
+    lo, hi = np.percentile(iso.N_opt.predict_samples(3e18), [2.5, 97.5])
+    assert (rec.intervals["N"].lo, rec.intervals["N"].hi) == pytest.approx((lo, hi), rel=1e-9)
 
 
 def test_reloaded_fit_json_gives_the_same_recommendation(report, tmp_path):
@@ -46,21 +73,96 @@ def test_reloaded_fit_json_gives_the_same_recommendation(report, tmp_path):
         again = recommend(source, 3e18)
         for key in KEYS:
             assert again.params[key] == pytest.approx(direct.params[key], rel=1e-6), key
-            assert again.intervals[key] == pytest.approx(direct.intervals[key], rel=1e-3), key
+            assert tuple(again.intervals[key]) == pytest.approx(tuple(direct.intervals[key]), rel=1e-3), key
 
 
-def test_extrapolation_warnings(report):
-    assert any(w.startswith("large extrapolation") for w in recommend(report, 1e20).warnings)
-    assert any(w.startswith("very strong extrapolation") for w in recommend(report, 1e22).warnings)
+def test_recommendation_round_trips(report):
+    rec = recommend(report, 1e19)
+    again = Recommendation.from_dict(json.loads(json.dumps(rec.to_dict(), allow_nan=False)))
+    assert again.params == rec.params and again.intervals == rec.intervals and again.model == rec.model
+    assert again.summary() == rec.summary()
+    with pytest.raises(ConfigError, match="recommendation"):
+        Recommendation.from_dict({"params": {}, "budget": "lots"})
 
 
-def test_fallbacks_are_flagged_without_hyperparameter_laws():
-    fit = fit_all(synthetic_runs(seed=4), laws=["isoflop", "loss"], n_boot=50, backtest=False)
-    rec = recommend(fit, 1e18)
+def test_extrapolation_and_below_range_warnings(size_report):
+    assert any(w.startswith("large extrapolation") for w in recommend(size_report, 1e20).warnings)
+    assert any(w.startswith("very strong extrapolation") for w in recommend(size_report, 1e22).warnings)
+    below = recommend(size_report, 1e13).warnings
+    assert any("below the fitted range" in w for w in below)
+    assert not any("below the fitted range" in w for w in recommend(size_report, 1e16).warnings)
+
+
+def test_published_fallbacks_without_hyperparameter_laws(size_report):
+    rec = recommend(size_report, 1e18)
     assert rec.params["lr"] == pytest.approx(DEEPSEEK_LR[0] * 1e18 ** DEEPSEEK_LR[1])
-    assert sum("DeepSeek" in w for w in rec.warnings) == 2
+    assert "DeepSeek" in rec.sources["lr"] and "DeepSeek" in rec.fallbacks["lr"]
+    assert "DeepSeek" in rec.fallbacks["batch_size_tokens"]
+    # a published law has no interval: it says so, never a point or [x, x]
+    assert not rec.intervals["lr"].determined and "published" in rec.intervals["lr"].reason
+    assert "undetermined: published law" in rec.summary()
     assert rec.sources["N"].startswith("isoflop")
-    assert "expected_loss_parametric" not in rec.params
+
+
+def test_unreliable_hyperparameter_law_falls_back_to_the_published_one(report):
+    def mark(d):
+        d["hyperparams"]["unreliable"]["lr_exponent"] = "exponent 1.7 outside [-1, 1]"
+
+    rec = recommend(_edited(report, mark), 1e19)
+    assert "DeepSeek" in rec.sources["lr"]
+    assert "instead of hyperparams.lr_opt" in rec.fallbacks["lr"] and "1.7 outside" in rec.fallbacks["lr"]
+    assert rec.sources["batch_size_tokens"] == "hyperparams.batch_opt"  # the batch law is still trusted
+
+
+def test_unreliable_approach_2_falls_back_to_approach_3(size_report):
+    def mark(d):
+        d["isoflop"]["unreliable"]["a"] = "exponent 1.7 outside [0, 1]"
+
+    rec = recommend(_edited(size_report, mark), 1e19)
+    assert rec.sources["N"].startswith("parametric allocation (approach 3)")
+    assert "instead of isoflop.N_opt (approach 2)" in rec.fallbacks["N"] and "1.7 outside" in rec.fallbacks["N"]
+    assert rec.params["N"] == pytest.approx(float(size_report.fits["parametric"].optimal_allocation(1e19)[0]))
+    assert "fallback for N" in rec.summary()
+
+
+def test_a_wide_n_interval_at_the_budget_is_unreliable_and_replaced(size_report):
+    def widen(d):  # approach 2's exponent draws spread by +-0.2: at 1e19 FLOPs N spans far more than 10x
+        draws = d["isoflop"]["N_opt"]["draws"]
+        rng = np.random.default_rng(0)
+        draws["exponent"] = [e + 0.2 * rng.standard_normal() for e in draws["exponent"]]
+
+    rec = recommend(_edited(size_report, widen), 1e19)
+    assert rec.sources["N"].startswith("parametric")
+    assert "spans" in rec.fallbacks["N"]
+    assert "N" not in rec.unreliable  # approach 3's own interval is narrow
+    only_iso = fit_all(synthetic_runs(seed=4), laws=["isoflop"], n_boot=40, backtest=False)
+    rec = recommend(_edited(only_iso, widen), 1e19)  # no fallback: the quantity itself is marked
+    assert "spans" in rec.unreliable["N"] and "UNRELIABLE" in rec.summary()
+    assert rec.intervals["N"].span_ratio() > 10
+
+
+def test_disagreeing_loss_predictions_are_warned_about(size_report):
+    rec = recommend(size_report, 1e18)
+    assert not any("disagree" in w for w in rec.warnings)
+
+    def shift(d):  # L(C) moved up by 0.5 nats: far outside both intervals
+        sat = d["loss_vs_compute"]
+        sat["params"]["E"] += 0.5
+        sat["draws"]["E"] = [e + 0.5 for e in sat["draws"]["E"]]
+
+    rec = recommend(_edited(size_report, shift), 1e18)
+    warning = next(w for w in rec.warnings if "disagree beyond their intervals" in w)
+    assert warning.startswith("expected loss: L(C)") and "parametric L(N, D)" in warning
+
+
+def test_disagreeing_n_opt_between_approaches_is_warned_about(size_report):
+    def scale(d):  # approach 2's N_opt law 3x larger than approach 3's allocation
+        law = d["isoflop"]["N_opt"]
+        law["params"]["coef"] *= 3
+        law["draws"]["coef"] = [c * 3 for c in law["draws"]["coef"]]
+
+    rec = recommend(_edited(size_report, scale), 1e18)
+    assert any(w.startswith("N_opt: isoflop.N_opt (approach 2)") and "disagree" in w for w in rec.warnings)
 
 
 def test_parametric_only_fit_allocates_by_approach_3():
@@ -69,48 +171,98 @@ def test_parametric_only_fit_allocates_by_approach_3():
     assert rec.sources["N"].startswith("parametric")
     assert rec.params["N"] == pytest.approx(true_optimal_n(1e18), rel=0.25)
     assert rec.sources["expected_loss"].startswith("parametric")
-    lo, hi = rec.intervals["expected_loss"]
-    assert lo < rec.params["expected_loss"] < hi
+    assert rec.intervals["expected_loss"].determined
 
 
-def test_bad_inputs_raise_config_error(report, tmp_path):
+def test_without_family_or_vocab_no_shape_is_invented(size_report):
+    def strip(d):
+        for key in ("family", "vocab_size", "seq_len"):
+            d["meta"].pop(key)
+
+    bare = _edited(size_report, strip)
+    rec = recommend(bare, 1e24)
+    assert rec.model is None and "n_heads" not in rec.params
+    assert "--family" in rec.shape_note and "--vocab-size" in rec.shape_note
+    for key in ("N", "D", "lr", "batch_size_tokens", "steps", "expected_loss"):
+        assert math.isfinite(rec.params[key]), key
+    assert "shape" in rec.summary() and "--family" in rec.summary()
+    shaped = recommend(bare, 1e21, family="llama", vocab_size=32000, seq_len=2048)
+    assert shaped.model["family"] == "llama" and shaped.model["vocab_size"] == 32000
+    assert shaped.params["batch_size_tokens"] % 2048 == 0
+    total = recommend(bare, 1e21, family="llama", vocab_size=32000, seq_len=2048, param_count="total")
+    assert total.diagnostics["parameter_count"] == "total" and "N (total params)" in total.summary()
+
+
+def test_absurd_budgets_and_exponents_answer_at_once(size_report):
+    # a hang guard (these ran for more than 10 minutes in the shape ladder): not a timing assertion
+    old = signal.signal(signal.SIGALRM, lambda *_: pytest.fail("recommend did not return"))
+    signal.alarm(120)
+    try:
+        rec = recommend(size_report, 1e300)
+        assert rec.model is None and "beyond the shape ladder" in rec.shape_note
+        assert rec.params["N"] > MAX_SHAPE_PARAMS and any("very strong extrapolation" in w for w in rec.warnings)
+
+        def exponent_5(d):
+            d["isoflop"]["N_opt"]["params"]["exponent"] = 5.0
+            d["isoflop"]["unreliable"]["a"] = "exponent 5 outside [0, 1]"
+
+        rec = recommend(_edited(size_report, exponent_5), 1e21)
+        assert rec.sources["N"].startswith("parametric")  # the implausible law is passed over
+        with pytest.raises(ConfigError, match="budget"):  # 1e300^5 overflows: a clear refusal
+            recommend(_edited(size_report, lambda d: d["isoflop"]["N_opt"]["params"].update(exponent=5.0)), 1e300)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def test_no_bootstrap_means_no_intervals():
+    fit = fit_all(synthetic_runs(seed=1), laws=["isoflop", "loss"], n_boot=0, backtest=False)
+    rec = recommend(fit, 1e18)
+    for key in ("N", "D", "steps", "expected_loss"):
+        assert not rec.intervals[key].determined and "n_boot = 0" in rec.intervals[key].reason, key
+    assert "[" not in rec.row("N")  # no [x, x]
+
+
+def test_bad_inputs_raise_config_error(size_report, tmp_path):
     with pytest.raises(ConfigError, match="budget"):
-        recommend(report, -1)
-    with pytest.raises(ConfigError, match="fit"):
-        recommend({"meta": {"k": 6.0}}, 1e18)
+        recommend(size_report, -1)
     with pytest.raises(ConfigError, match="fit"):
         recommend(tmp_path / "missing.json", 1e18)
+    with pytest.raises(ConfigError, match="family"):
+        recommend(size_report, 1e18, family="gpt5")
+    no_laws = _edited(size_report, lambda d: [d.pop(k) for k in ("isoflop", "parametric", "loss_vs_compute")])
+    with pytest.raises(ConfigError, match="fit"):
+        recommend(no_laws, 1e18)
 
 
-def test_poor_diagnostics_become_warnings(report):
-    d = json.loads(json.dumps(report.to_dict()))
-    d["isoflop"]["budgets"][0]["flags"] = ["edge_minimum"]
-    d["parametric"]["success"] = False
-    d["backtest"] = {"rows": [{"budget": 1e17, "loss_rel_error": 0.08, "N_opt_rel_error": 0.01,
-                               "D_opt_rel_error": -0.2}]}
-    warnings = recommend(d, 1e18).warnings
+def test_poor_diagnostics_become_warnings(size_report):
+    def degrade(d):
+        d["isoflop"]["budgets"][0]["flags"] = ["edge_minimum"]
+        d["parametric"]["success"] = False
+
+    warnings = recommend(_edited(size_report, degrade), 1e18).warnings
     assert any("edge_minimum" in w for w in warnings)
     assert any("parametric fit did not converge" in w for w in warnings)
-    assert any("loss predicted with +8.0% error" in w for w in warnings)
-    assert any("D_opt predicted with -20.0% error" in w for w in warnings)
-    assert not any("N_opt predicted" in w for w in warnings)
 
 
-def test_shape_keeps_the_depth_and_head_size_every_fitted_run_shared(report):
-    from analysis.report import _fixed_ladder_options
+def test_backtest_errors_become_warnings():
+    runs = synthetic_runs(noise=0.002, seed=2)
+    top = runs["budget"] == runs["budget"].max()
+    runs.loc[top, "loss"] = runs.loc[top, "loss"] * 1.10  # the largest budget 10% worse than the law
+    fit = fit_all(runs, laws=["isoflop", "loss"], n_boot=40)
+    warnings = recommend(fit, 1e18).warnings
+    assert any(w.startswith("backtest: held-out budget 1e+17 loss predicted with -") for w in warnings)
 
-    runs = report.runs.assign(n_layer=2, d_model=[8 + 2 * (i % 5) for i in range(len(report.runs))])
+
+def test_shape_keeps_the_depth_and_head_size_every_fitted_run_shared(size_report):
+    runs = size_report.runs.assign(n_layer=2, d_model=[8 + 2 * (i % 5) for i in range(len(size_report.runs))])
     runs["n_heads"] = runs["d_model"] // 2
     options = _fixed_ladder_options(runs)
     assert options == {"n_layer": 2, "head_dim": 2}
     assert _fixed_ladder_options(runs.assign(n_layer=[1 + i % 2 for i in range(len(runs))])) == {"head_dim": 2}
     assert _fixed_ladder_options(runs.assign(n_heads=2)) == {"n_layer": 2, "n_heads": 2}  # head_dim grows
-    free = recommend(report, 1e19)
-    report.meta["ladder"] = options
-    try:
-        fixed = recommend(report, 1e19)
-    finally:
-        report.meta.pop("ladder")
+    free = recommend(size_report, 1e19)
+    fixed = recommend(_edited(size_report, lambda d: d["meta"].update(ladder=options)), 1e19)
     assert fixed.model["n_layer"] == 2 and fixed.model["d_model"] == 2 * fixed.model["n_heads"]
     assert free.model["n_layer"] != 2
     assert fixed.params["N_shape"] == pytest.approx(fixed.params["N"], rel=0.3)
