@@ -180,17 +180,10 @@ def terminal_summary(report, rec, report_path: Path, t_train: float, t_total: fl
 
 
 def _backtest_rows(bt) -> list[str]:
-    d = bt.to_dict()
-    rows = d.get("held_out") or d.get("rows") or []
-    out = []
-    for r in rows:
-        parts = [f"C = {r.get('budget', float('nan')):.3g}"]
-        for key, label in (("loss_rel_error", "optimal loss"), ("N_opt_rel_error", "N_opt"),
-                           ("D_opt_rel_error", "D_opt")):
-            if r.get(key) is not None:
-                parts.append(f"{label} error {100 * r[key]:+.1f}%")
-        out.append(", ".join(parts))
-    return out or [bt.summary()]
+    """One line per held-out budget of the typed BacktestResult: the relative errors of loss, N_opt, D_opt."""
+    return [f"C = {row['budget']:.3g}, " + ", ".join(
+        f"{label} error {100 * row['predictions'][q]['rel_error']:+.1f}%"
+        for q, label in (("loss", "optimal loss"), ("N_opt", "N_opt"), ("D_opt", "D_opt"))) for row in bt.held_out()]
 
 
 def _ci(fit, name: str) -> str:
