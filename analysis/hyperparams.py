@@ -17,10 +17,14 @@ Its interval comes from a bootstrap over the cell's runs, or, when the cell has 
 runs (or the run bootstrap fails too often), a residual bootstrap that simulates new losses with the noise model.
 A draw whose optimum falls outside the scanned range, or that has no minimum, is a failed draw, never clipped.
 
-Across cells, lr_opt(C) is regressed over the compute-optimal cells (per budget, the scanned cell nearest the
-budget's optimum N), and, when sizes vary, the Step-Law form lr(N, D) = c N^p D^q over every usable cell; likewise
-B_opt(C) and B(D) when a batch grid exists. These are weighted by each cell's precision, with a between-cell
-scatter term (random effects, estimated by moments) so that a law the cells do not follow gets wider intervals.
+Across cells, lr_opt(C) is regressed over the compute-optimal cells: per budget, the scanned cell nearest the
+budget's optimum N (the vertex of the budget's best losses in log N), interpolated linearly in log N towards the
+usable cell on the other side of that optimum when the budget has one (at fixed C, log lr* is linear in log N in the
+Step-Law form; the nearest cell alone is off by up to half a grid step, which biased lr_opt at 100x extrapolation
+out of its interval in simulations). When sizes vary, the Step-Law form lr(N, D) = c N^p D^q is fitted over every
+usable cell; likewise B_opt(C) and B(D) when a batch grid exists. These regressions weigh each point by its
+precision (its bootstrap variance) plus a between-cell scatter term (random effects, estimated by moments), so a law
+the cells do not follow gets wider intervals; each draw regresses the cells' bootstrap optima.
 """
 
 from __future__ import annotations
@@ -365,21 +369,67 @@ def _cell_budgets(table: pd.DataFrame) -> np.ndarray:
     return group_budgets(table["C"].to_numpy(float))
 
 
-def _compute_optimal(table: pd.DataFrame) -> tuple[np.ndarray, dict]:
+def _compute_optimal(table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """Mask of the compute-optimal scanned cell of each budget (nearest in log N to the budget's optimum N, found
-    from every cell at that budget, scanned or not) and, per budget, how far it sits from that optimum."""
+    from every cell at that budget, scanned or not) and each cell's budget optimum log10 N (NaN for budgets without
+    a scanned cell). A cell's best loss is its fitted optimum when located, else its lowest measured loss."""
     budget = table["budget_group"].to_numpy(float)
-    log_n, best = np.log10(table["N"].to_numpy(float)), table["best_loss"].to_numpy(float)
+    log_n = np.log10(table["N"].to_numpy(float))
+    best = np.fmin(table["loss_opt"].to_numpy(float), table["best_loss"].to_numpy(float))
     scanned = table["scanned"].to_numpy(bool)
     chosen = np.zeros(len(table), bool)
-    offsets = {}
+    log_n_opt = np.full(len(table), np.nan)
     for b in np.unique(budget[scanned]):
         members = np.flatnonzero(budget == b)
         candidates = members[scanned[members]]
-        dist = np.abs(log_n[candidates] - _budget_optimum_n(log_n[members], best[members]))
-        chosen[candidates[int(np.argmin(dist))]] = True
-        offsets[f"{b:.4g}"] = round(float(dist.min()), 4)
-    return chosen, offsets
+        log_n_opt[members] = _budget_optimum_n(log_n[members], best[members])
+        chosen[candidates[int(np.argmin(np.abs(log_n[candidates] - log_n_opt[members[0]])))]] = True
+    return chosen, log_n_opt
+
+
+@dataclass
+class _LawPoints:
+    """What a law in C regresses: one point per budget, each a weighted mean of one or two cells' log10 optima."""
+
+    x: np.ndarray  # C [FLOPs] of each point
+    y: np.ndarray  # log10 optimum of each point
+    draws: np.ndarray  # (n_boot, points)
+    method: str
+    records: list[dict]  # per point: budget C, optimum N, cells and weights (for the table and the figure)
+
+
+def _budget_law_points(table: pd.DataFrame, usable: np.ndarray, by_index: dict[int, _Cell], what: str,
+                       n_boot: int) -> tuple[_LawPoints, np.ndarray]:
+    """Per budget, the optimum at the budget's optimum N: its compute-optimal cell, interpolated linearly in log N
+    towards the nearest usable cell on the other side of the optimum N when there is one (at fixed C, D ~ 1/N, so
+    log lr* is linear in log N in the Step-Law form; the nearest cell alone is off by up to half the grid step).
+    A budget whose compute-optimal cell is not usable (flagged) is left out. Returns the points and the mask of
+    cells they use."""
+    log_n, log_c = np.log10(table["N"].to_numpy(float)), np.log10(table["C"].to_numpy(float))
+    budget, target = table["budget_group"].to_numpy(float), table["budget_log10_N_opt"].to_numpy(float)
+    y_cell = np.log10(table[f"{what}_opt"].to_numpy(float))
+    cells = table["cell"].to_numpy()
+    used = np.zeros(len(table), bool)
+    xs, ys, cols, recs, members = [], [], [], [], []
+    for pos in np.flatnonzero(table["compute_optimal"].to_numpy(bool) & usable):
+        side = np.sign(target[pos] - log_n[pos])
+        other = np.flatnonzero((budget == budget[pos]) & usable & (np.sign(log_n - log_n[pos]) == side) & (side != 0))
+        pair, weights = [pos], np.array([1.0])
+        if other.size:
+            nb = other[np.argmin(np.abs(log_n[other] - log_n[pos]))]
+            t = (target[pos] - log_n[pos]) / (log_n[nb] - log_n[pos])
+            pair, weights = [pos, nb], np.array([1 - t, t])
+        used[pair] = True
+        members.append([by_index[int(cells[i])] for i in pair])
+        xs.append(10 ** float(weights @ log_c[pair]))
+        ys.append(float(weights @ y_cell[pair]))
+        if n_boot:
+            cols.append(np.stack([c.u_draws if what == "lr" else c.v_draws for c in members[-1]], 1) @ weights)
+        recs.append({"C": xs[-1], "N_opt": 10 ** float(target[pos]), f"{what}_opt": 10 ** ys[-1],
+                     "cells": [int(cells[i]) for i in pair], "weights": [round(float(w), 4) for w in weights]})
+    draws = np.stack(cols, 1) if cols else np.empty((0, len(xs)))
+    method = _law_method([c for m in members for c in m]) if n_boot and members else "none"
+    return _LawPoints(np.array(xs), np.array(ys), draws, method, recs), used
 
 
 # ---------------------------------------------------------------- laws across cells
@@ -558,7 +608,8 @@ class HyperparamFit(FitResult):
         for r in self.cells.to_dict("records"):
             lr = _describe_cell(r, "lr")
             b = _describe_cell(r, "batch") if r.get("two_d") else "-"
-            use = "compute-optimal" if r.get("compute_optimal") else ""
+            use = ("compute-optimal" if r.get("compute_optimal") else "") + (" used in lr(C)" if r.get("used_lr_C")
+                                                                               else "")
             lines.append(f"    {r['N']:10.3g}  {r['D']:10.3g}  {r['C']:9.3g}   {lr:32s} {b:20s} "
                          f"{','.join(r['flags']) or '-'} {use}")
         for law in (self.lr_opt, self.batch_opt, self.batch_D, self.steplaw):
@@ -640,14 +691,15 @@ def _law_method(cells: list[_Cell]) -> str:
     return kinds[0] if len(kinds) == 1 else "+".join(kinds)
 
 
-def _law_inputs(rows: pd.DataFrame, by_index: dict[int, _Cell], what: str, n_boot: int):
-    """log10 optima of the rows' cells, their draws (n_boot x cells) and the interval method."""
+def _cell_law_points(rows: pd.DataFrame, by_index: dict[int, _Cell], what: str, x_col: str,
+                     n_boot: int) -> _LawPoints:
+    """One point per cell (for the laws over all usable cells: B(D), lr(N, D))."""
     cells = [by_index[int(i)] for i in rows["cell"]]
     y = np.log10(rows[f"{what}_opt"].to_numpy(float))
     if n_boot == 0:
-        return y, np.empty((0, len(cells))), "none"
+        return _LawPoints(rows[x_col].to_numpy(float), y, np.empty((0, len(cells))), "none", [])
     draws = np.stack([c.u_draws if what == "lr" else c.v_draws for c in cells], axis=1)
-    return y, draws, _law_method(cells)
+    return _LawPoints(rows[x_col].to_numpy(float), y, draws, _law_method(cells), [])
 
 
 def _flag_mask(table: pd.DataFrame, flags: frozenset) -> pd.Series:
@@ -656,40 +708,41 @@ def _flag_mask(table: pd.DataFrame, flags: frozenset) -> pd.Series:
 
 def _laws(table: pd.DataFrame, by_index: dict[int, _Cell], n_boot: int, rng: np.random.Generator) -> tuple[dict, dict]:
     """The laws across cells ({member: fit or None}) and diagnostics saying which cells each used, or why not."""
-    lr_ok = table["scanned"] & _flag_mask(table, LR_FLAGS)
-    b_ok = table["scanned"] & table["two_d"].astype(bool) & _flag_mask(table, BATCH_FLAGS)
-    table["used_lr_C"] = lr_ok & table["compute_optimal"]
-    table["used_batch_C"] = b_ok & table["compute_optimal"]
-    rows = table[table["used_lr_C"]]
-    if rows["C"].nunique() < MIN_LAW_CELLS:
+    lr_ok = (table["scanned"] & _flag_mask(table, LR_FLAGS)).to_numpy(bool)
+    b_ok = (table["scanned"] & table["two_d"].astype(bool) & _flag_mask(table, BATCH_FLAGS)).to_numpy(bool)
+    lr_points, table["used_lr_C"] = _budget_law_points(table, lr_ok, by_index, "lr", n_boot)
+    if np.unique(lr_points.x).size < MIN_LAW_CELLS:
         raise ConfigError("hyperparams cells", f"compute-optimal cells at >= {MIN_LAW_CELLS} budgets with a located, "
                           "interior LR optimum", {f"N={r.N:.3g} D={r.D:.3g}": r.flags or r.not_scanned
                                                   for r in table.itertuples() if r.compute_optimal or r.flags})
 
-    def power(rows: pd.DataFrame, x_col: str, what: str, name: str, y_name: str) -> PowerLawFit:
-        y, draws, method = _law_inputs(rows, by_index, what, n_boot)
-        x = rows[x_col].to_numpy(float)
-        fit = _cross_cell_law(np.column_stack([np.ones_like(x), np.log10(x)]), y, draws, rng)
-        x_name = "C [FLOPs]" if x_col == "C" else "D [tokens]"
-        return _power_law(x, 10 ** y, fit, method=method, name=name, x_name=x_name, y_name=y_name)
+    def power(points: _LawPoints, name: str, x_name: str, y_name: str) -> PowerLawFit:
+        X = np.column_stack([np.ones_like(points.x), np.log10(points.x)])
+        fit = _cross_cell_law(X, points.y, points.draws, rng)
+        return _power_law(points.x, 10 ** points.y, fit, method=points.method, name=name, x_name=x_name,
+                          y_name=y_name)
 
-    laws = {"lr_opt": power(rows, "C", "lr", "lr_opt(C)", "lr_opt"), "batch_opt": None, "batch_D": None,
+    laws = {"lr_opt": power(lr_points, "lr_opt(C)", "C [FLOPs]", "lr_opt"), "batch_opt": None, "batch_D": None,
             "steplaw": None}
-    diag = {"n_used_lr": len(rows), "n_used_batch": int(table["used_batch_C"].sum())}
-    if table.loc[table["used_batch_C"], "C"].nunique() >= MIN_LAW_CELLS:
-        laws["batch_opt"] = power(table[table["used_batch_C"]], "C", "batch", "B_opt(C)", "B_opt [tokens]")
+    b_points, table["used_batch_C"] = _budget_law_points(table, b_ok, by_index, "batch", n_boot)
+    diag = {"n_used_lr": len(lr_points.x), "lr_law_points": lr_points.records, "n_used_batch": len(b_points.x)}
+    if np.unique(b_points.x).size >= MIN_LAW_CELLS:
+        laws["batch_opt"] = power(b_points, "B_opt(C)", "C [FLOPs]", "B_opt [tokens]")
+        diag["batch_law_points"] = b_points.records
     else:
-        diag["batch_opt"] = f"not fitted: {diag['n_used_batch']} compute-optimal cells with a batch-size optimum"
+        diag["batch_opt"] = f"not fitted: {len(b_points.x)} budgets with a located batch-size optimum"
     table["used_batch_D"] = b_ok if table.loc[b_ok, "D"].nunique() >= MIN_LAW_CELLS else False
     if table["used_batch_D"].any():
-        laws["batch_D"] = power(table[table["used_batch_D"]], "D", "batch", "B_opt(D)", "B_opt [tokens]")
+        points = _cell_law_points(table[table["used_batch_D"]], by_index, "batch", "D", n_boot)
+        laws["batch_D"] = power(points, "B_opt(D)", "D [tokens]", "B_opt [tokens]")
     step = table[lr_ok]
     centred = np.log10(step[["N", "D"]].to_numpy(float))
     rank = int(np.linalg.matrix_rank(centred - centred.mean(0))) + 1 if len(step) else 0
     table["used_steplaw"] = lr_ok if len(step) >= MIN_STEPLAW_CELLS and rank == 3 else False
     if table["used_steplaw"].any():
-        y, draws, method = _law_inputs(step, by_index, "lr", n_boot)
-        laws["steplaw"] = _steplaw_fit(step["N"].to_numpy(float), step["D"].to_numpy(float), y, draws, method, rng)
+        points = _cell_law_points(step, by_index, "lr", "N", n_boot)
+        laws["steplaw"] = _steplaw_fit(step["N"].to_numpy(float), step["D"].to_numpy(float), points.y, points.draws,
+                                       points.method, rng)
         diag["steplaw"] = f"fitted over {len(step)} cells"
     else:
         diag["steplaw"] = (f"not fitted: needs >= {MIN_STEPLAW_CELLS} usable cells where N and D vary "
@@ -725,7 +778,7 @@ def fit_hyperparams(df: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0, cell
     rng = np.random.default_rng(seed)
     _locate(cells, runs, boot_noise, int(n_boot), cell_bootstrap, rng)
     table = _cell_table(runs, points, cells, unscanned)
-    table["compute_optimal"], offsets = _compute_optimal(table)
+    table["compute_optimal"], table["budget_log10_N_opt"] = _compute_optimal(table)
     laws, law_diag = _laws(table, {c.index: c for c in cells}, int(n_boot), rng)
     params, draws, intervals, unreliable = {}, {}, {}, {}
     for member, law in laws.items():
@@ -736,9 +789,9 @@ def fit_hyperparams(df: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0, cell
         draws.update({f"{prefix}_{k}": v for k, v in law.draws.items()})
         intervals.update({f"{prefix}_{k}": v for k, v in law.intervals.items()})
         unreliable.update({f"{prefix}_{k}": v for k, v in law.unreliable.items()})
-    _mark_span(laws["lr_opt"], float(table.loc[table["used_lr_C"], "C"].max()), intervals, unreliable)
+    _mark_span(laws["lr_opt"], float(laws["lr_opt"].diagnostics["x_max"]), intervals, unreliable)
     diagnostics = {"n_cells": len(table), "n_scanned": int(table["scanned"].sum()), **law_diag,
-                   "cell": "(N, D) pair", "min_scan": MIN_SCAN, "compute_optimal_offset_decades": offsets,
+                   "cell": "(N, D) pair", "min_scan": MIN_SCAN, 
                    "noise_for_bootstrap": boot_noise.to_dict(),
                    "flagged": {f"N={r.N:.4g} D={r.D:.4g}": r.flags for r in table.itertuples() if r.flags}}
     return HyperparamFit(params=params, intervals=intervals, draws=draws, diagnostics=json_safe(diagnostics),

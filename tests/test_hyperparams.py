@@ -116,6 +116,20 @@ def test_no_lr_scan_is_refused_through_fit_all():
     assert "no LR scan: one LR per cell" in rep.skipped["hyperparams"]
 
 
+def test_law_point_is_interpolated_to_the_budget_optimum():
+    # sizes -0.3, +0.1, +0.5 decades off the loss-optimal N: the nearest cell (+0.1) alone would put lr_opt 0.1
+    # decades (x 1.02 at fixed C) off; interpolating towards the -0.3 cell lands on the optimum
+    fit = fit_hyperparams(scan_sweep(seed=11, sizes=(-0.3, 0.1, 0.5), n_seeds=3, noise=0.003), n_boot=200)
+    points = pd.DataFrame(fit.diagnostics["lr_law_points"])
+    assert len(points) == 4 and points["cells"].map(len).eq(2).all()
+    assert points["weights"].map(lambda w: w[0]).between(0.6, 0.9).all()  # mostly the nearest (+0.1) cell
+    err = np.log10(points["lr_opt"] / true_lr_opt(points["C"]))
+    assert np.abs(err).max() < 0.06
+    nearest = fit.cells[fit.cells["compute_optimal"]]
+    assert np.abs(np.log10(nearest["lr_opt"] / true_lr_opt(nearest["C"]))).min() > 0.06
+    assert fit.intervals["lr_exponent"].contains(LR_EXP)
+
+
 def test_cells_without_kind_are_the_same():
     runs = scan_sweep(seed=2, n_seeds=2, scanned_sizes=(1,))  # a scan at the centre size; others train once
     with_kind = fit_hyperparams(runs, n_boot=100, seed=1)
