@@ -478,7 +478,7 @@ def plot_hyperparams(fit) -> Figure | None:
     if hp.batch_opt is not None:
         _draw_law_panel(axes[2], hp, hp.batch_opt, "batch", "loss-optimal batch size (tokens)")
         axes[2].set_title("B_opt(C) across cells", fontsize=9)
-    fig.suptitle("Learning rate and batch size: optimum per (N, D) cell, laws across the compute-optimal cells")
+    fig.suptitle("Learning rate and batch size: optimum per (N, D) cell, laws across budgets at their optimum N")
     return fig
 
 
