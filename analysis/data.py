@@ -128,6 +128,16 @@ def _wide_members(c: np.ndarray, rtol: float) -> np.ndarray:
     return mask
 
 
+def _cell_budgets(runs: pd.DataFrame, rtol: float) -> tuple[np.ndarray, int]:
+    """group_budgets applied to the (N, D) cells (each at its runs' geometric-mean C), so the runs of one cell (an LR
+    scan, replicate seeds) always share a budget; returns each run's budget and the number of too-wide clusters."""
+    cell = runs.groupby(["N", "D"], sort=False).ngroup().to_numpy()
+    log_c = np.log(runs["C"].to_numpy(float))
+    cell_c = np.exp(np.bincount(cell, weights=log_c) / np.bincount(cell))
+    values, n_wide = _cluster(cell_c, rtol)
+    return values[cell], n_wide
+
+
 def budgets_of(df: pd.DataFrame, *, need: int = 1, what: str = "this fit",
                budget_rtol: float = DEFAULT_BUDGET_RTOL) -> np.ndarray:
     """Budget value of each row (the `budget` column, else C grouped by group_budgets, else 6·N·D grouped),
@@ -524,9 +534,9 @@ def load_runs(source, columns: dict[str, str] | None = None, *, budget_rtol: flo
         _check_positive(runs, "budget", where)
         budget_rule = "the budget column"
     else:
-        runs["budget"], n_wide = _cluster(runs["C"].to_numpy(), budget_rtol)
-        budget_rule = (f"C clusters: neighbours within {100 * budget_rtol:g}% and the whole cluster within "
-                       f"{100 * budget_rtol:g}% form one budget (geometric mean)")
+        runs["budget"], n_wide = _cell_budgets(runs, budget_rtol)
+        budget_rule = (f"C clusters of (N, D) cells: neighbours within {100 * budget_rtol:g}% and the whole cluster "
+                       f"within {100 * budget_rtol:g}% form one budget (geometric mean); a cell is never split")
         if n_wide:
             budget_rule += f"; {n_wide} cluster(s) wider than that kept as separate C values"
             warnings.warn(f"{where}: {n_wide} group(s) of runs have C values spread continuously (wider than "

@@ -235,13 +235,17 @@ def test_budget_column_wins_and_clusters_need_clear_separation():
 
 
 def test_runs_of_one_N_D_cell_share_a_budget():
-    df = runs_table()
-    scan = pd.concat([df.iloc[[2]]] * 4, ignore_index=True)  # an LR scan at one (N, D)
+    df = runs_table().assign(lr=1e-3)
+    near = df.iloc[[0]].assign(run_id="near", N=df["N"].iloc[0] * 0.9, C=0.99e17)  # another size, 1% below
+    near["D"] = near["C"] / (6 * near["N"])
+    scan = pd.concat([df.iloc[[2]]] * 4, ignore_index=True)  # an LR scan at one (N, D), its C recorded with jitter
     scan["run_id"] = [f"lr{i}" for i in range(4)]
     scan["lr"] = [1e-4, 3e-4, 1e-3, 3e-3]
-    scan["C"] = scan["C"] * np.array([1.0, 1.001, 0.999, 1.0])
-    out = _load_quiet(pd.concat([df.assign(lr=1e-3), scan], ignore_index=True))
-    assert out.loc[out["run_id"].str.startswith("lr"), "budget"].nunique() == 1
+    scan["C"] = 1.04e17 * np.array([0.999, 1.001, 1.0, 1.0])
+    scan["D"] = 1.04e17 / (6 * scan["N"])
+    out = _load_quiet(pd.concat([df, near, scan], ignore_index=True))
+    assert out.loc[out["run_id"].str.startswith("lr"), "budget"].nunique() == 1  # the scan is never split
+    assert out.loc[out["run_id"] == "near", "budget"].iloc[0] != out.loc[out["run_id"] == "lr0", "budget"].iloc[0]
 
 
 # ---------------------------------------------------------------- batch size and parameter count
@@ -399,6 +403,7 @@ def test_every_fit_option_has_help():
     sub = parser.add_subparsers()
     register(sub)
     fit = sub.choices["fit"]
+    assert {"param_count", "batch_unit"} <= {a.dest for a in fit._actions}
     for action in fit._actions:
         if action.dest != "help":
             assert action.help, action.dest
