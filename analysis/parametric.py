@@ -469,7 +469,7 @@ def _check_design(N: np.ndarray, D: np.ndarray, k: float) -> None:
     if c_span < _MIN_BUDGET_DECADES:
         raise ConfigError("N, D", "runs at more than one compute budget (one budget ties D to N through C = k N D, "
                           "so the N and D terms cannot be told apart)",
-                          f"all {N.size} runs within x{10 ** c_span:.3g} of C = {np.median(k * N * D):.3g} FLOPs")
+                          f"all {N.size} runs at C = {np.median(k * N * D):.3g} FLOPs (spread x{10 ** c_span:.3g})")
     for name, values in (("N", lN), ("D", lD)):
         if np.ptp(values) < _MIN_DECADES:
             raise ConfigError(name, f"a spread of at least {_MIN_DECADES} decades to fit its power law",

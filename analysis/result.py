@@ -84,7 +84,7 @@ def _mapping(value, where: str) -> dict:
     return dict(value)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Interval:
     """A `level` interval of one quantity, with how it was obtained.
 
@@ -115,6 +115,13 @@ class Interval:
     def contains(self, value: float) -> bool:
         """Whether value lies in [lo, hi] (False when undetermined)."""
         return self.determined and self.lo <= value <= self.hi
+
+    def __eq__(self, other) -> bool:
+        """Equal when every member is (NaN equals NaN, so two identical undetermined intervals are equal)."""
+        return isinstance(other, Interval) and self.to_dict() == other.to_dict()
+
+    def __hash__(self) -> int:
+        return hash(tuple(self.to_dict().items()))
 
     def __iter__(self):
         """Unpack as `lo, hi = interval`."""
@@ -172,7 +179,8 @@ def interval_from_draws(draws, *, method: str, level: float = DEFAULT_LEVEL,
                                      n_ok=n_ok, n_total=n_total, method=method, level=level)
     lo, hi = (float(v) for v in np.percentile(ok, [50 * (1 - level), 50 * (1 + level)]))
     if not hi - lo > _ZERO_SPREAD_RTOL * max(abs(lo), abs(hi), 1e-300):
-        return Interval.undetermined(f"resamples have no spread (all {lo:.4g}): degenerate resampling",
+        return Interval.undetermined(f"the central {level:.0%} of the resamples have no spread (all {lo:.4g}): "
+                                     "degenerate resampling",
                                      n_ok=n_ok, n_total=n_total, method=method, level=level)
     return Interval(lo, hi, n_ok, n_total, method, level)
 
@@ -338,7 +346,7 @@ class FitResult:
                 line += f"   UNRELIABLE: {self.unreliable[k]}"
             lines.append(line)
         methods = sorted({iv.method for iv in self.intervals.values() if iv.method != "none"})
-        if methods:
+        if methods and self.n_draws:
             lines.append(f"  intervals: {', '.join(methods)}, {self.n_draws} draws")
         for k in sorted(set(self.unreliable) - set(self.params) - set(self.intervals)):
             lines.append(f"  {k}: UNRELIABLE: {self.unreliable[k]}")

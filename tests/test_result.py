@@ -68,7 +68,8 @@ def test_span_ratio():
 def test_interval_round_trip_and_malformed_input():
     for iv in (Interval(1.0, 2.0, 98, 100, "bootstrap:budgets", 0.9), Interval.undetermined("2 budgets", n_total=5)):
         back = Interval.from_dict(json.loads(json.dumps(iv.to_dict())))
-        assert back.to_dict() == iv.to_dict() and back.determined == iv.determined
+        assert back == iv and back.to_dict() == iv.to_dict() and back.determined == iv.determined
+    assert Interval.undetermined("a") != Interval.undetermined("b") and len({back, back}) == 1
     good = Interval(1.0, 2.0, 98, 100, "m").to_dict()
     for bad in ([1, 2], {**good, "lo": "1.0"}, {**good, "n_ok": 101}, {**good, "n_ok": -1}, {**good, "level": 2},
                 {k: v for k, v in good.items() if k != "method"}, {**good, "n_total": True}):
