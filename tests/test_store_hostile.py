@@ -187,3 +187,11 @@ def test_a_truncated_metrics_file_is_reported_by_load_results(tmp_path, spec_pat
                                          r"cut off\); read 1 records"):
         _, metrics = load_results(store.root)
     assert metrics["step"].tolist() == [1]
+
+
+def test_a_results_folder_that_is_a_file_is_refused_and_nothing_written(tmp_path, spec_path):
+    results = tmp_path / "results"
+    results.write_text("not a folder")
+    with pytest.raises(ConfigError, match="^results: expected a folder path"):
+        launched(results, spec_path)  # results/small would be below a file
+    assert results.read_text() == "not a folder"
