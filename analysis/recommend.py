@@ -25,6 +25,7 @@ import numpy as np
 
 from analysis.data import PARAM_COUNTS
 from analysis.fitreport import UNSPECIFIED_COUNT, FitReport, as_report
+from analysis.powerlaw import PowerLawFit
 from analysis.result import MAX_SPAN_RATIO, FitResult, Interval, interval_from_draws, json_safe
 from scaling.config import FAMILIES
 from scaling.errors import ConfigError
@@ -32,6 +33,10 @@ from scaling.ladder import params_for_shape, shape_for_params
 
 DEEPSEEK_BATCH = (0.2920, 0.3271)  # B_opt = 0.2920 C^0.3271 tokens (DeepSeek LLM 2024, C = M D)
 DEEPSEEK_LR = (0.3118, -0.1250)  # lr_opt = 0.3118 C^-0.1250
+PUBLISHED_LAWS = {  # the fallbacks as law objects, so they are evaluated by PowerLawFit.predict like a fitted law
+    name: PowerLawFit(params={"coef": coef, "exponent": exponent}, name=f"DeepSeek LLM published law {coef} C^{exponent}",
+                      x_name="C [FLOPs]", y_name=name)
+    for name, (coef, exponent) in (("lr_opt", DEEPSEEK_LR), ("batch_opt", DEEPSEEK_BATCH))}
 LARGE_EXTRAPOLATION = 100.0
 STRONG_EXTRAPOLATION = 1e4
 BACKTEST_TOL = 0.05  # backtest relative errors above this (loss, N_opt, D_opt) are warned about
@@ -285,10 +290,16 @@ def _loss_candidates(report: FitReport, budget: float, n: float, d: float) -> li
 
 
 def _with_span(est: Estimate) -> Estimate:
-    """The estimate with its interval's width at this budget added to its doubts (> MAX_SPAN_RATIO)."""
-    ratio = est.interval().span_ratio()
+    """The estimate with its interval at this budget added to its doubts: wider than MAX_SPAN_RATIO, or undetermined
+    although there were draws (too many failed, or no spread). Without any draws (n_boot = 0) nothing is added."""
+    iv = est.interval()
+    ratio = iv.span_ratio()
+    why = ""
     if ratio > MAX_SPAN_RATIO:
         why = f"interval at this budget spans {ratio:.3g}x (> {MAX_SPAN_RATIO:g}x)"
+    elif est.draws.size and not iv.determined and not est.no_interval:
+        why = f"interval at this budget undetermined: {iv.reason}"
+    if why:
         return dataclasses.replace(est, unreliable="; ".join(filter(None, (est.unreliable, why))))
     return est
 
@@ -311,9 +322,8 @@ def _choose(key: str, candidates: list[Estimate], rec: Recommendation) -> Estima
 
 def _hyperparam(law_name: str, report: FitReport, budget: float, rec: Recommendation) -> Estimate:
     """lr_opt / batch_opt at the budget from the hyperparams law, else the published DeepSeek LLM law."""
-    coef, exponent = DEEPSEEK_LR if law_name == "lr_opt" else DEEPSEEK_BATCH
-    published = Estimate(coef * budget ** exponent, np.empty(0), "none",
-                         f"DeepSeek LLM published law {coef} C^{exponent}",
+    law = PUBLISHED_LAWS[law_name]
+    published = Estimate(float(law.predict(budget)), np.empty(0), "none", law.name,
                          no_interval="published law, no interval")
     key = "lr" if law_name == "lr_opt" else "batch_size_tokens"
     hp = report.fits.get("hyperparams")

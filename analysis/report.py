@@ -315,8 +315,11 @@ def render_markdown(report: FitReport, figures: dict[str, list[Path]], rec: Reco
     lines = ["# Scaling-law fit report", "",
              (f"{m['n_runs']} runs over {len(m['budgets'])} FLOP budgets ({_fmt(min(m['budgets']))} to "
              f"{_fmt(m['max_budget'])} FLOPs, convention **{m['flop_convention']}**, C = k·N·D with "
-             f"k = {m['k']:.4g}; N counts {m['parameter_count']} parameters, D tokens). "
-             f"{m['n_excluded']} runs excluded."), ""]
+             f"k = {m['k']:.4g}; N counts {m['parameter_count']} parameters, D tokens"
+             + (f"; batch sizes read in {m['batch_unit']}" if m.get("batch_unit") else "") + "). "
+             f"{m['n_excluded']} runs excluded"
+             + (" (" + ", ".join(f"{n} {why}" for why, n in m["excluded_counts"].items()) + ")"
+                if m.get("excluded_counts") else "") + "."), ""]
     if m.get("n_boot") == 0:
         lines += [("**No intervals**: the fit ran with n_boot = 0 (no bootstrap resamples), so no quantity below has "
                   "an interval and nothing can be checked against one."), ""]

@@ -141,6 +141,16 @@ def test_a_wide_n_interval_at_the_budget_is_unreliable_and_replaced(size_report)
     assert rec.intervals["N"].span_ratio() > 10
 
 
+def test_an_approach_whose_draws_mostly_failed_is_passed_over(size_report):
+    def fail(d):  # half of approach 2's draws failed: its interval is undetermined, not a narrow range
+        draws = d["isoflop"]["N_opt"]["draws"]
+        draws["coef"] = [None if i % 2 else c for i, c in enumerate(draws["coef"])]
+
+    rec = recommend(_edited(size_report, fail), 1e19)
+    assert rec.sources["N"].startswith("parametric")
+    assert "undetermined" in rec.fallbacks["N"] and "resamples succeeded" in rec.fallbacks["N"]
+
+
 def test_disagreeing_loss_predictions_are_warned_about(size_report):
     rec = recommend(size_report, 1e18)
     assert not any("disagree" in w for w in rec.warnings)

@@ -235,3 +235,17 @@ def test_no_bootstrap_report_says_there_are_no_intervals(tmp_path, monkeypatch):
     assert "**No intervals**" in md and "undetermined: " in md
     assert "OUTSIDE" not in md and "| **no** |" not in md and "no interval |" in md
     assert "OUTSIDE" not in rep.summary()
+
+
+def test_report_counts_the_runs_left_out_and_names_the_batch_unit(tmp_path, monkeypatch):
+    monkeypatch.setattr(plots, "plot_all", lambda *a, **k: {})
+    runs = synthetic_runs(seed=3).drop(columns="flop_convention")  # a plain table, not this project's export
+    runs["status"] = "finished"
+    runs.loc[[0, 8], "status"] = "crashed"
+    runs.loc[[15], "status"] = "running"
+    rep = fit_all(runs, laws=["isoflop"], n_boot=0, backtest=False, batch_unit="tokens")
+    assert rep.meta["n_excluded"] == 3 and rep.meta["excluded_counts"] == {"crashed": 2, "running": 1}
+    assert rep.meta["parameter_count"] == "unspecified"  # the table did not say whether N counts embeddings
+    md = write_report(rep, tmp_path).read_text()
+    assert "3 runs excluded (2 crashed, 1 running)" in md and "batch sizes read in tokens" in md
+    assert "N counts unspecified parameters" in md and "--param-count" in md
