@@ -181,6 +181,8 @@ def describe_loaded(runs) -> list[str]:
                      f"{len(a.get('metrics', []))} checkpoints kept for the envelope")
     if a.get("derived"):
         lines.append("derived: " + ", ".join(f"{k} = {v}" for k, v in a["derived"].items()) + " (6N convention)")
+    if a.get("aliases"):
+        lines.append("read as: " + ", ".join(f"{v} -> {k}" for k, v in a["aliases"].items()))
     if a.get("set_aside"):
         lines.append("set aside: " + ", ".join(f"{k} -> {v}" for k, v in a["set_aside"].items()))
     if a.get("batch_unit"):

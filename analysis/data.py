@@ -17,7 +17,8 @@ What is left out, and why, is recorded rather than hidden (df.attrs):
   as finished runs.
 - "duplicates": exact duplicate rows (counted once).
 - "inconsistent_C": rows whose C disagrees with k·N·D beyond `c_rtol`, k being the table's median C/(N·D).
-- "parameter_count", "batch_unit", "column_map", "set_aside", "derived", "budget_rule", "source".
+- "parameter_count", "batch_unit", "column_map", "set_aside", "aliases", "derived", "budget_rule", "source",
+  "per_checkpoint", "k_table" (median C/(N·D)), "c_rtol".
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ FINISHED_STATUSES = ("finished", "completed", "complete", "done", "success", "su
 NOT_FINISHED_STATUSES = ("crashed", "failed", "killed", "running", "diverged", "preempted", "preempting", "pending",
                          "queued", "scheduled", "cancelled", "canceled", "timeout", "interrupted", "out_of_memory",
                          "node_fail", "stopped", "aborted", "error")
+STATUS_ALIASES = ("state", "State", "run_state", "Status", "STATUS")  # read as `status` when that is missing
 PARAM_COUNTS = ("total", "non-embedding")
 BATCH_UNITS = ("tokens", "sequences")
 
@@ -313,6 +315,18 @@ def normalise_status(values: pd.Series) -> pd.Series:
     return s.str.split(n=1).str[0].fillna("").str.replace("-", "_", regex=False).astype(object)
 
 
+def _status_alias(df: pd.DataFrame) -> dict[str, str]:
+    """Without a status column, a tracker's run-state column (W&B exports call it State) is read as the status, so
+    crashed or running runs are never fitted by accident. Returns {"status": source} when one was used."""
+    if "status" in df.columns:
+        return {}
+    found = [c for c in STATUS_ALIASES if c in df.columns]
+    if len(found) != 1:
+        return {}
+    df.rename(columns={found[0]: "status"}, inplace=True)
+    return {"status": found[0]}
+
+
 def _status_reason(status: str) -> str:
     if status == "":
         return "no status"
@@ -490,36 +504,10 @@ def load_runs(source, columns: dict[str, str] | None = None, *, budget_rtol: flo
     if raw.empty:
         raise ConfigError(where, "a table with at least one row of runs", f"no rows (columns: {list(raw.columns)})")
     df, n_duplicates = _drop_duplicates(raw, where)
-    df, set_aside = apply_column_map(df, columns, where)
-    df = _numeric(df, where)
-    derived = _derive_missing(df)
-    missing = [c for c in REQUIRED if c not in df.columns]
-    if missing:
-        raise ConfigError(f"{where}: columns", f"columns {missing} (map them with columns={{canonical: source}}); "
-                          f"available: {list(df.columns)}")
-    if "run_id" not in df.columns:
-        df["run_id"] = [f"row{i}" for i in df.index]
-    df["run_id"] = df["run_id"].astype(str)
-    if "C" not in df.columns:
-        df["C"] = DEFAULT_K * df["N"] * df["D"]
-        derived["C"] = "6 N D"
-
-    names = {canon: src for canon, src in (columns or {}).items()}
+    df, set_aside, aliases, derived = _canonical_columns(df, columns, where)
     k, inconsistent = math.nan, []
     if not from_sweep and "C" not in derived:
-        k = _check_units(df, names, where)
-        if c_rtol is not None and math.isfinite(k):
-            off = _inconsistent_C(df, k, c_rtol)
-            inconsistent = [{"run_id": _row_label(df, i), "status": None, "category": "C inconsistent with k·N·D",
-                             "reason": f"C/(N·D) = {df.at[i, 'C'] / (df.at[i, 'N'] * df.at[i, 'D']):.4g}, more than "
-                                       f"{100 * c_rtol:g}% from the table's k = {k:.4g}"}
-                            for i in df.index[off]]
-            df = df[~off]
-            if inconsistent:
-                listed = ", ".join(e["run_id"] for e in inconsistent[:_MAX_LISTED])
-                more = f" and {len(inconsistent) - _MAX_LISTED} more" if len(inconsistent) > _MAX_LISTED else ""
-                warnings.warn(f"{where}: {len(inconsistent)} row(s) left out because their C disagrees with "
-                              f"k·N·D (k = {k:.4g}, tolerance {100 * c_rtol:g}%): {listed}{more}", stacklevel=2)
+        df, k, inconsistent = _consistent_C(df, dict(columns or {}), c_rtol, where)
 
     runs, checkpoints = _split_curves(df, where)
     runs, excluded = _exclude(runs)
@@ -530,18 +518,7 @@ def load_runs(source, columns: dict[str, str] | None = None, *, budget_rtol: flo
     for name in ("N", "D", "loss", "C"):
         _check_positive(runs, name, where)
     runs, unit = _batch_in_tokens(runs, batch_unit, from_sweep, where)
-    if "budget" in runs.columns:
-        _check_positive(runs, "budget", where)
-        budget_rule = "the budget column"
-    else:
-        runs["budget"], n_wide = _cell_budgets(runs, budget_rtol)
-        budget_rule = (f"C clusters of (N, D) cells: neighbours within {100 * budget_rtol:g}% and the whole cluster "
-                       f"within {100 * budget_rtol:g}% form one budget (geometric mean); a cell is never split")
-        if n_wide:
-            budget_rule += f"; {n_wide} cluster(s) wider than that kept as separate C values"
-            warnings.warn(f"{where}: {n_wide} group(s) of runs have C values spread continuously (wider than "
-                          f"{100 * budget_rtol:g}%), so they are not treated as one budget; add a `budget` column "
-                          "to say which runs share a budget", stacklevel=2)
+    runs, budget_rule = _assign_budgets(runs, budget_rtol, where)
     runs = runs.reset_index(drop=True)
     metrics = sweep_metrics
     if metrics is not None and "run_id" in metrics.columns:  # only the fitted runs' curves
@@ -561,6 +538,7 @@ def load_runs(source, columns: dict[str, str] | None = None, *, budget_rtol: flo
         "batch_unit": unit,
         "column_map": dict(columns or {}),
         "set_aside": set_aside,
+        "aliases": aliases,
         "derived": derived,
         "budget_rule": budget_rule,
         "per_checkpoint": checkpoints is not None,
@@ -568,6 +546,63 @@ def load_runs(source, columns: dict[str, str] | None = None, *, budget_rtol: flo
     if metrics is not None:
         runs.attrs["metrics"] = metrics
     return runs
+
+
+def _canonical_columns(df: pd.DataFrame, columns: dict[str, str] | None,
+                       where: str) -> tuple[pd.DataFrame, dict, dict, dict]:
+    """Mapped, numeric canonical columns with N, D, C, run_id present; returns the table and what was set aside,
+    aliased and derived."""
+    df, set_aside = apply_column_map(df, columns, where)
+    aliases = _status_alias(df)
+    df = _numeric(df, where)
+    derived = _derive_missing(df)
+    missing = [c for c in REQUIRED if c not in df.columns]
+    if missing:
+        raise ConfigError(f"{where}: columns", f"columns {missing} (map them with columns={{canonical: source}}); "
+                          f"available: {list(df.columns)}")
+    if "run_id" not in df.columns:
+        df["run_id"] = [f"row{i}" for i in df.index]
+    df["run_id"] = df["run_id"].astype(str)
+    if "C" not in df.columns:
+        df["C"] = DEFAULT_K * df["N"] * df["D"]
+        derived["C"] = "6 N D"
+    return df, set_aside, aliases, derived
+
+
+def _consistent_C(df: pd.DataFrame, columns: dict[str, str], c_rtol: float | None,
+                  where: str) -> tuple[pd.DataFrame, float, list[dict]]:
+    """Check C's units (ConfigError) and leave out, with a warning, rows whose C/(N·D) is more than c_rtol from the
+    table's median k. Returns the kept rows, k and the excluded entries."""
+    k = _check_units(df, columns, where)
+    if c_rtol is None or not math.isfinite(k):
+        return df, k, []
+    off = _inconsistent_C(df, k, c_rtol)
+    inconsistent = [{"run_id": _row_label(df, i), "status": None, "category": "C inconsistent with k·N·D",
+                     "reason": f"C/(N·D) = {df.at[i, 'C'] / (df.at[i, 'N'] * df.at[i, 'D']):.4g}, more than "
+                               f"{100 * c_rtol:g}% from the table's k = {k:.4g}"}
+                    for i in df.index[off]]
+    if inconsistent:
+        listed = ", ".join(e["run_id"] for e in inconsistent[:_MAX_LISTED])
+        more = f" and {len(inconsistent) - _MAX_LISTED} more" if len(inconsistent) > _MAX_LISTED else ""
+        warnings.warn(f"{where}: {len(inconsistent)} row(s) left out because their C disagrees with k·N·D "
+                      f"(k = {k:.4g}, tolerance {100 * c_rtol:g}%): {listed}{more}", stacklevel=3)
+    return df[~off], k, inconsistent
+
+
+def _assign_budgets(runs: pd.DataFrame, budget_rtol: float, where: str) -> tuple[pd.DataFrame, str]:
+    """The budget column (checked), else budgets from C clusters of (N, D) cells; returns the rule used."""
+    if "budget" in runs.columns:
+        _check_positive(runs, "budget", where)
+        return runs, "the budget column"
+    runs["budget"], n_wide = _cell_budgets(runs, budget_rtol)
+    rule = (f"C clusters of (N, D) cells: neighbours within {100 * budget_rtol:g}% and the whole cluster within "
+            f"{100 * budget_rtol:g}% form one budget (geometric mean); a cell is never split")
+    if n_wide:
+        rule += f"; {n_wide} cluster(s) wider than that kept as separate C values"
+        warnings.warn(f"{where}: {n_wide} group(s) of runs have C values spread continuously (wider than "
+                      f"{100 * budget_rtol:g}%), so they are not treated as one budget; add a `budget` column to say "
+                      "which runs share a budget", stacklevel=3)
+    return runs, rule
 
 
 def _choice(name: str, value: str | None, allowed: tuple[str, ...]) -> str | None:

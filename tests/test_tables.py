@@ -107,6 +107,14 @@ def test_tracker_statuses_only_finished_runs_are_fitted_and_the_rest_counted():
     assert "not a known finished state" in reasons[df["run_id"][10]]
 
 
+def test_a_wandb_state_column_is_read_as_the_status():
+    df = runs_table().drop(columns="status")
+    df["State"] = ["finished"] * 14 + ["crashed"]
+    out = _load_quiet(df)
+    assert len(out) == 14 and out.attrs["excluded_counts"] == {"crashed": 1}
+    assert out.attrs["aliases"] == {"status": "State"}
+
+
 def test_crashed_runs_do_not_make_phantom_budgets():
     df = runs_table()
     ghost = df.iloc[:3].copy()
