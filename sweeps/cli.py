@@ -7,7 +7,9 @@ import json
 import warnings
 from pathlib import Path
 
-from sweeps.spec import PRESETS
+from sweeps.grid import design, estimate_wall_time, measure_throughput, total_flops
+from sweeps.spec import PRESETS, load_spec
+from sweeps.store import Store
 
 SPEC_HELP = f"a sweep spec TOML file or a preset name ({', '.join(PRESETS)})"
 OVERRIDES_HELP = "spec overrides as dotted.key=value (TOML values), e.g. budgets.values=[1e12,3e12]"
@@ -70,9 +72,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from sweeps.grid import design
-    from sweeps.spec import load_spec
-
     spec = load_spec(args.spec, args.overrides)
     result = design(spec)
     throughput, how = _throughput(spec, result.runs, args.measure)
@@ -87,9 +86,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
-    from sweeps.launch import launch
-    from sweeps.spec import load_spec
-    from sweeps.store import Store
+    from sweeps.launch import launch  # executors (submitit): only when launching
 
     spec = load_spec(args.spec, args.overrides)
     store = Store(Path(args.results) / spec.name)
@@ -103,7 +100,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from sweeps.status import format_status
+    from sweeps.status import format_status  # pandas: only when asked
 
     print(format_status(args.dir))
     return 0
@@ -125,8 +122,6 @@ def plan_row(run) -> dict:
 
 def plan_totals(spec, runs, throughput, backend: str) -> dict:
     """Total compute, and the wall time at `throughput` FLOP/s per run with the backend's concurrency."""
-    from sweeps.grid import estimate_wall_time, total_flops
-
     concurrency = spec.backend.local.max_concurrent if backend == "local" else spec.backend.slurm.array_parallelism
     kinds: dict[str, int] = {}
     for r in runs:
@@ -142,7 +137,7 @@ def plan_totals(spec, runs, throughput, backend: str) -> dict:
 
 
 def format_plan(spec, result, totals: dict, how: str) -> str:
-    from sweeps.status import format_table, si
+    from sweeps.status import format_table, si  # pandas: only when asked
 
     headers = ["budget", "kind", "N (non-emb / total)", "shape (L x d, heads, d_ff)", "D (tokens)", "D/N", "batch",
                "lr", "steps", f"FLOPs ({spec.budgets.convention})", "limit"]
@@ -176,8 +171,6 @@ def format_plan(spec, result, totals: dict, how: str) -> str:
 def _throughput(spec, runs, measure: bool):
     """(FLOP/s per run as a number or a function of the run, and a phrase saying where it came from)."""
     if measure and runs:
-        from sweeps.grid import measure_throughput
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             rate = measure_throughput(spec, runs)
