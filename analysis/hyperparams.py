@@ -706,15 +706,28 @@ def _flag_mask(table: pd.DataFrame, flags: frozenset) -> pd.Series:
     return table["flags"].map(lambda f: not (flags & set(f)))
 
 
+def _too_few_budgets(table: pd.DataFrame, n_ok: int) -> ConfigError:
+    """The error when fewer than MIN_LAW_CELLS budgets have a usable compute-optimal cell, with what to change."""
+    chosen = table[table["compute_optimal"]]
+    flags = pd.Series([f for fl in chosen["flags"] for f in fl], dtype=object).value_counts().to_dict()
+    hint = ""
+    if flags.get("lr_undetermined", 0):
+        hint = ("; an undetermined optimum has > 10% of its resamples outside the scanned range: more seeds, a wider "
+                "LR scan or less noise locate it")
+    elif flags.get("edge_lr", 0):
+        hint = "; an edge optimum lies at or beyond the scanned range: extend the LR scan past it"
+    return ConfigError("hyperparams cells", f"compute-optimal cells at >= {MIN_LAW_CELLS} budgets with a located, "
+                       f"interior LR optimum{hint}",
+                       f"{n_ok} usable of {len(chosen)} budgets; their compute-optimal cells' flags: {flags}")
+
+
 def _laws(table: pd.DataFrame, by_index: dict[int, _Cell], n_boot: int, rng: np.random.Generator) -> tuple[dict, dict]:
     """The laws across cells ({member: fit or None}) and diagnostics saying which cells each used, or why not."""
     lr_ok = (table["scanned"] & _flag_mask(table, LR_FLAGS)).to_numpy(bool)
     b_ok = (table["scanned"] & table["two_d"].astype(bool) & _flag_mask(table, BATCH_FLAGS)).to_numpy(bool)
     lr_points, table["used_lr_C"] = _budget_law_points(table, lr_ok, by_index, "lr", n_boot)
     if np.unique(lr_points.x).size < MIN_LAW_CELLS:
-        raise ConfigError("hyperparams cells", f"compute-optimal cells at >= {MIN_LAW_CELLS} budgets with a located, "
-                          "interior LR optimum", {f"N={r.N:.3g} D={r.D:.3g}": r.flags or r.not_scanned
-                                                  for r in table.itertuples() if r.compute_optimal or r.flags})
+        raise _too_few_budgets(table, np.unique(lr_points.x).size)
 
     def power(points: _LawPoints, name: str, x_name: str, y_name: str) -> PowerLawFit:
         X = np.column_stack([np.ones_like(points.x), np.log10(points.x)])
