@@ -167,11 +167,15 @@ def open_tracking(cfg: TrackingConfig, out: Path, config: dict, start_step: int)
     trackers: list[Tracker] = []
     root = Path(cfg.dir).expanduser() if cfg.dir else None
     for name in cfg.backends or []:
-        if name == "tensorboard":
-            logdir = out / "tensorboard" if root is None else root / (cfg.group or "") / out.name
-            trackers.append(TensorBoardTracker(logdir, config, start_step))
-        elif name == "wandb":
-            trackers.append(WandbTracker(cfg, root or out, out.name, str(out.resolve()), config))
+        try:
+            if name == "tensorboard":
+                logdir = out / "tensorboard" if root is None else root / (cfg.group or "") / out.name
+                trackers.append(TensorBoardTracker(logdir, config, start_step))
+            elif name == "wandb":
+                trackers.append(WandbTracker(cfg, root or out, out.name, str(out.resolve()), config))
+        except Exception as e:  # noqa: BLE001 - e.g. W&B online without a login: train untracked, say so
+            print(f"warning: {name} tracking could not start ({type(e).__name__}: {e}); this run is not tracked "
+                  f"there", file=sys.stderr)
     return Tracking(trackers)
 
 

@@ -199,3 +199,14 @@ def test_wandb_offline_run_holds_history_and_summary(corpus, tmp_path, monkeypat
     assert int(wandb_values(run_file, "D")[-1]) == summary["tokens"]
     assert float(wandb_values(run_file, "C")[-1]) == pytest.approx(summary["flops"], rel=1e-12)
     assert b"sweep-a" in run_file.read_bytes()  # the group
+
+
+def test_a_tracker_that_cannot_start_leaves_the_run_untracked(corpus, tmp_path, monkeypatch, capsys):
+    def no_login(self, *args, **kwargs):
+        raise RuntimeError("api key not configured (no-tty)")
+
+    monkeypatch.setattr(tracking, "installed", lambda name: True)
+    monkeypatch.setattr(tracking.WandbTracker, "__init__", no_login)
+    summary = run(corpus, tmp_path / "run", 'tracking.backends=["wandb"]')
+    assert summary["status"] == "completed" and summary["steps"] == 12
+    assert "wandb tracking could not start" in capsys.readouterr().err
