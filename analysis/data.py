@@ -315,16 +315,13 @@ def normalise_status(values: pd.Series) -> pd.Series:
     return s.str.split(n=1).str[0].fillna("").str.replace("-", "_", regex=False).astype(object)
 
 
-def _status_alias(df: pd.DataFrame) -> dict[str, str]:
+def _status_alias(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
     """Without a status column, a tracker's run-state column (W&B exports call it State) is read as the status, so
-    crashed or running runs are never fitted by accident. Returns {"status": source} when one was used."""
-    if "status" in df.columns:
-        return {}
+    crashed or running runs are never fitted by accident. Returns the table and {"status": source} if one was used."""
     found = [c for c in STATUS_ALIASES if c in df.columns]
-    if len(found) != 1:
-        return {}
-    df.rename(columns={found[0]: "status"}, inplace=True)
-    return {"status": found[0]}
+    if "status" in df.columns or len(found) != 1:
+        return df, {}
+    return df.rename(columns={found[0]: "status"}), {"status": found[0]}
 
 
 def _status_reason(status: str) -> str:
@@ -553,7 +550,7 @@ def _canonical_columns(df: pd.DataFrame, columns: dict[str, str] | None,
     """Mapped, numeric canonical columns with N, D, C, run_id present; returns the table and what was set aside,
     aliased and derived."""
     df, set_aside = apply_column_map(df, columns, where)
-    aliases = _status_alias(df)
+    df, aliases = _status_alias(df)
     df = _numeric(df, where)
     derived = _derive_missing(df)
     missing = [c for c in REQUIRED if c not in df.columns]
