@@ -17,9 +17,17 @@ convergence on Epoch's data and on synthetic sets). On Epoch's 240 Chinchilla ru
 on one core and 1,000 bootstrap refits ~1.5 s, against ~60 s for a per-start scipy L-BFGS-B loop
 (benchmarks/bench_parametric.py). Converged means the predicted decrease
 g^T H^-1 g / 2 is below 1e-13 of the objective; when the best start is not converged, success is False.
-Bootstrap replicates are refitted together in one batch (run counts as per-row weights), each from the full-data
-optimum, the other distinct optima of the full fit and the grid starts of the best survivors; the best start of each
-replicate after a few iterations goes on to convergence.
+Bootstrap replicates are refitted together in one batch (run counts as per-row weights, or per-row simulated log
+losses for the residual bootstrap), each from the full-data optimum, the other distinct optima of the full fit and the
+grid starts of the best survivors; the best start of each replicate after a few iterations goes on to convergence.
+
+Bounds and stalls: in log space E -> 0 is a flat region (e -> -inf, the E term's share and its gradient vanish), where
+LM can stop and call it converged (E = 2e-232) although a positive E fits better. Every minimization, full fit and
+bootstrap refit alike, that ends with a vanished E term is restarted at E = fractions of the smallest loss and keeps
+the lower objective; an E term still vanished is a constrained optimum at E = 0 when d objective / d E >= 0 there
+(reported as E = 0 and flagged in `unreliable`), else a stall (the fit fails; a bootstrap refit counts as failed).
+A refit that loses its N or D term is a failed draw too. Designs that cannot separate the N and D terms (one budget,
+under 0.3 decades of N or D, N and D in lockstep) are refused.
 """
 
 from __future__ import annotations
@@ -53,7 +61,7 @@ _STALL_RTOL = 1e-9  # ... or when no step decreases it any more and the predicte
 _ATOL = 1e-25  # absolute floor on the predicted decrease (an exact fit has objective ~0; 1e-25 ~ residuals of 1e-12)
 _CHUNK = 512  # rows evaluated together (keeps the (rows, runs) temporaries in cache)
 _VANISH = 1e-6  # a term whose share of the model is below this at every run has vanished (its parameter is on a bound)
-_E_FRACTIONS = (0.02, 0.1, 0.3, 0.6, 0.9)  # restarts of a vanished E, as fractions of the smallest loss
+_E_FRACTIONS = (0.01, 0.03, 0.1, 0.2, 0.4, 0.6, 0.8, 0.95)  # restarts of a vanished E, fractions of the smallest loss
 _MIN_BUDGET_DECADES = 0.1  # runs whose C = k N D spans less than this (decades) are one budget
 _MIN_DECADES = 0.3  # least spread of N and of D (decades)
 _MIN_CROSS_DECADES = 0.05  # least spread of (log10 N, log10 D) off their common line (sd along the minor axis)

@@ -257,7 +257,7 @@ def test_bootstrap_refits_stalled_on_the_bound_are_restarted():
 
 def test_E_at_its_bound_is_reported_as_a_bound_with_an_honest_interval():
     N, D, L = ladder_runs()
-    fit = fit_parametric(N, D, L, n_boot=100, seed=0)
+    fit = fit_parametric(N, D, L, n_boot=60, seed=0)
     assert fit.success and fit.params["E"] == 0.0
     assert "bound E -> 0" in fit.unreliable["E"] and "bound" in fit.diagnostics["boundary"]
     assert "UNRELIABLE" in fit.summary()

@@ -152,6 +152,8 @@ def test_parametric_round_trip_and_allocation():
     fit = _parametric_fit()
     back = _json_round_trip(fit)
     assert type(back) is ParametricFit and back.k == 6.0 and back.noise == fit.noise
+    same = fit
+    assert fit == same and fit != back and back != _parametric_fit()  # == compares identity and never raises
     _assert_same_intervals(fit, back)
     N, D = np.geomspace(1e8, 1e10, 4), np.geomspace(1e9, 1e12, 4)
     np.testing.assert_array_equal(back.predict(N, D), fit.predict(N, D))
