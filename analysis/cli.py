@@ -16,16 +16,16 @@ from scaling.errors import ConfigError
 LAW_CHOICES = ("parametric", "isoflop", "envelope", "loss", "hyperparams", "all")
 
 FIT_EPILOG = """\
-JSON written by --json (FLOPs under the runs' convention, N in non-embedding params, D in tokens):
-  {"meta": {...}, "parametric": {"E":.., "A":.., "B":.., "alpha":.., "beta":.., "a":.., "b":..,
-                                 "intervals": {name: [lo, hi]}, "n_boot": n, "samples": [[E, A, B, alpha, beta]..]},
-   "isoflop": {"a":.., "b":.., "N_opt": {"coef":.., "exponent":.., "intervals": {"coef": [lo, hi],
-               "exponent": [lo, hi]}, "samples": [[coef, exponent], ..]}, "D_opt": {...}, "L_opt": {...},
-               "budgets": [{"budget":.., "N_opt":.., "N_opt_lo":.., "N_opt_hi":.., "D_opt":.., "L_opt":..,
-                            "flags": [..]}, ..]},
-   "loss_vs_compute": {...}, "envelope": {...}, "hyperparams": {...}, "backtest": {...},
-   "convention_sensitivity": {...}}
-intervals are 95% percentile bootstrap intervals over n_boot resamples of the runs.
+JSON written by --json (schema 2; FLOPs under the runs' convention, N as meta.parameter_count says, D in tokens):
+  {"schema_version": 2, "meta": {...},
+   "<law>": {"kind":.., "params": {name: value}, "intervals": {name: {"lo", "hi", "n_ok", "n_total", "method",
+             "level", "reason"}}, "draws": {name: [..]}, "unreliable": {name: reason}, "noise": {...},
+             "diagnostics": {...}, "success":.., "message":.., + the law's members}
+   for <law> in parametric, isoflop (members N_opt, D_opt, L_opt: power laws in C; budgets: per-budget table),
+   loss_vs_compute, envelope, hyperparams; "backtest": {..., "table": [per held-out budget]},
+   "convention_sensitivity": {"rows": [..], ...}}
+Intervals are 95% percentile intervals of the bootstrap draws; n_ok of n_total draws succeeded, and an interval
+that could not be computed has lo = hi = null and a reason. Read a file back with analysis.load_fit(path).
 Only the laws asked for (--law) and allowed by the data are present; meta.skipped says why one is missing.
 """
 
