@@ -63,12 +63,13 @@ from pathlib import Path
 from scaling.configfile import writable_dir
 from scaling.errors import ConfigError
 from scaling.jsonio import TornFileError, read_json, write_json_atomic, write_text_atomic
+from scaling.runio import FINAL_STATUSES, read_summary
 
 __all__ = ["FINAL", "RUN_ID", "STATES", "Claim", "Store", "now_iso", "read_json", "write_json_atomic",
            "write_text_atomic"]
 
 STATES = ("queued", "running", "completed", "diverged", "failed")
-FINAL = ("completed", "diverged")  # states a run never leaves
+FINAL = FINAL_STATUSES  # states a run never leaves (the trainer's final summary statuses)
 FAILED_ATTEMPTS = ("failed", "lost")
 RUN_ID = re.compile(r"[0-9a-f]{12}")  # sweeps.grid.run_id_for: the first 12 hex digits of a sha256
 # Spec sections that decide which runs a sweep plans; a change to any of them is a different sweep.
@@ -350,13 +351,9 @@ class Store:
         return d
 
     def summary(self, run_id: str) -> dict | None:
-        """The trainer's summary.json, or None before the run has ended (or when it is unreadable)."""
-        try:
-            d = read_json(self.run_dir(run_id) / "summary.json", default=None)
-        except TornFileError as e:
-            self._report_torn(e, "the run counts as not finished", keep=False)
-            return None
-        return d if isinstance(d, dict) else None
+        """The trainer's summary.json (`scaling.runio.read_summary`: None before the run has ended, and, with a
+        warning, when it is torn)."""
+        return read_summary(self.run_dir(run_id))
 
     # ---------------------------------------------------------------------------------------------- state
 
