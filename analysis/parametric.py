@@ -425,9 +425,8 @@ class ParametricFit(FitResult):
     @classmethod
     def _from_dict(cls, d: dict) -> ParametricFit:
         fit = super()._from_dict(d)
-        if isinstance(fit.k, bool) or not isinstance(fit.k, (int, float)) or not 0 < fit.k < np.inf:
+        if not 0 < fit.k < np.inf:
             raise ConfigError("parametric.k", "a positive number of FLOPs per parameter per token", fit.k)
-        fit.k = float(fit.k)
         return fit
 
 

@@ -417,6 +417,13 @@ class SaturatingFit(FitResult):
         p = self.params
         return f"{self.name}: {self.y_name} = {p['E']:.4g} + {p['A']:.4g} · {self.x_name}^-{p['gamma']:.4f}"
 
+    @classmethod
+    def _from_dict(cls, d: dict) -> SaturatingFit:
+        fit = super()._from_dict(d)
+        if fit.power_law is not None and not isinstance(fit.power_law, PowerLawFit):
+            raise ConfigError("saturating.power_law", "a power_law result", type(fit.power_law).__name__)
+        return fit
+
     def summary(self) -> str:
         lines = [super().summary()]
         d = self.diagnostics
@@ -656,6 +663,14 @@ class AllocationFit(FitResult):
     def table_lines(self) -> list[str]:
         """Extra summary lines for the subclass's table (none by default)."""
         return []
+
+    @classmethod
+    def _from_dict(cls, d: dict) -> AllocationFit:
+        fit = super()._from_dict(d)
+        for law in cls.fit_members:
+            if not isinstance(getattr(fit, law), PowerLawFit):
+                raise ConfigError(f"{cls.kind}.{law}", "a power_law result", type(getattr(fit, law)).__name__)
+        return fit
 
 
 def allocation_fields(N_opt: PowerLawFit, D_opt: PowerLawFit, L_opt: PowerLawFit) -> dict:

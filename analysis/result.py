@@ -439,8 +439,29 @@ class FitResult:
                 if not isinstance(value, list) or not all(isinstance(r, Mapping) for r in value):
                     raise ConfigError(f"{where}.{f.name}", "a list of row objects", type(value).__name__)
                 value = pd.DataFrame.from_records(value)
+            else:
+                value = _like_default(value, f.default, f"{where}.{f.name}")
             kwargs[f.name] = value
         return cls(**kwargs)
+
+
+def _like_default(value, default, where: str):
+    """A plain member read back: a number where the default is a number, a string where it is a string (other
+    members pass as they are)."""
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(where, "true or false", repr(value)[:60])
+        return value
+    if isinstance(default, int):
+        number = _number(value, where, allow_none=False)
+        if not number.is_integer():
+            raise ConfigError(where, "an integer", value)
+        return int(number)
+    if isinstance(default, float):
+        return _number(value, where)
+    if isinstance(default, str) and not isinstance(value, str):
+        raise ConfigError(where, "a string", repr(value)[:60])
+    return value
 
 
 def format_value(v) -> str:

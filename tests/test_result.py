@@ -211,6 +211,13 @@ def test_from_dict_refuses_malformed_results():
             FitResult.from_dict(bad)
     with pytest.raises(ConfigError, match="kind"):
         PowerLawFit.from_dict(good)  # a parametric result is not a power law
+    law = fit_power_law(np.geomspace(1, 100, 6), np.geomspace(2, 30, 6), n_boot=0).to_dict()
+    for bad in ({**law, "x_name": ["C"]}, {**law, "success": 1}):
+        with pytest.raises(ConfigError):
+            FitResult.from_dict(bad)
+    sat = fit_saturating(np.geomspace(1e15, 1e21, 6), 1.8 + 2e3 * np.geomspace(1e15, 1e21, 6) ** -0.2, n_boot=0)
+    with pytest.raises(ConfigError, match="power_law"):
+        FitResult.from_dict({**sat.to_dict(), "power_law": good})  # a member of the wrong kind
 
 
 def test_summary_shows_counts_undetermined_and_unreliable():
