@@ -48,6 +48,7 @@ from scaling.errors import ConfigError
 FLAGS = ("edge_minimum", "too_few_points", "not_convex")
 BOOTSTRAPS = ("auto", "residual", "runs", "budgets")
 EDGE_TOLERANCE = 0.1  # a vertex within this fraction of the grid spacing of the outermost point is on the edge
+BIAS_Z = 2.0  # the parabola's bias counts only when the cubic's vertex differs by more than this many noise sds
 FAILED_DRAW_REACH = 0.5  # a draw's vertex beyond the grid by more than this fraction of the grid's width fails
 _DRAW_CHUNK_CELLS = 4_000_000  # draws x points per chunk of the runs bootstrap (bounds its memory)
 
@@ -120,6 +121,7 @@ class BudgetProfile:
     flags: list[str] = field(default_factory=list)
     draws: dict[str, np.ndarray] = field(default_factory=dict)  # logN, logD, L per draw (NaN = failed)
     bias_sd: float = 0.0  # model-error spread added to the vertex draws [decades of N] (see _residual_draws)
+    bias_L: float = 0.0  # the same for the vertex loss [nats/token]
 
     @property
     def vertex_N(self) -> tuple[float, float]:
@@ -201,9 +203,10 @@ def _vertex_draws(pr: BudgetProfile, coef_N: np.ndarray, coef_D: np.ndarray) -> 
     return {"logN": np.where(ok, xv, nan), "logD": np.where(ok, dv, nan), "L": np.where(ok, yv, nan)}
 
 
-def _cubic_vertex(coef: np.ndarray, center: float) -> np.ndarray:
-    """Local minimum (uncentered x) of c0 + c1·u + c2·u² + c3·u³, u = x - center, nearest the centre; NaN if none."""
-    c1, c2, c3 = coef[..., 1], coef[..., 2], coef[..., 3]
+def _cubic_minimum(coef: np.ndarray, center: float) -> tuple[np.ndarray, np.ndarray]:
+    """Position (uncentered x) and value of the local minimum of c0 + c1·u + c2·u² + c3·u³ (u = x - center)
+    nearest the centre; NaN where there is none."""
+    c0, c1, c2, c3 = (coef[..., j] for j in range(4))
     with np.errstate(invalid="ignore", divide="ignore"):
         cubic = np.abs(c3) > 1e-12 * np.abs(c2)
         disc = 4 * c2 * c2 - 12 * c3 * c1
@@ -213,7 +216,19 @@ def _cubic_vertex(coef: np.ndarray, center: float) -> np.ndarray:
         u1 = np.where(2 * c2 + 6 * c3 * u1 > 0, u1, np.nan)
         u = np.where(np.isnan(u1) | (np.abs(u0) <= np.abs(u1)), u0, u1)
         u = np.where(cubic, u, np.where(c2 > 0, -c1 / (2 * c2), np.nan))
-    return center + u
+        value = c0 + c1 * u + c2 * u * u + c3 * u ** 3
+    return center + u, value
+
+
+def _bias_beyond_noise(observed: float, null_draws: np.ndarray) -> float:
+    """Spread to add for a model's bias: sqrt(d² - v) when the observed cubic-minus-parabola difference d exceeds
+    BIAS_Z standard deviations of its noise (v, robustly from the draws made without bias), else 0."""
+    d = null_draws[np.isfinite(null_draws)]
+    if not math.isfinite(observed) or d.size < 10:
+        return 0.0
+    q25, q75 = np.percentile(d, [25, 75])
+    v = ((q75 - q25) / 1.349) ** 2
+    return math.sqrt(observed * observed - v) if observed * observed > BIAS_Z ** 2 * v else 0.0
 
 
 def _residual_draws(pr: BudgetProfile, sigma: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -223,9 +238,10 @@ def _residual_draws(pr: BudgetProfile, sigma: np.ndarray, rng: np.random.Generat
     H = (X'WX)^-1 X'W diag(yhat/sqrt(w)) (both parabolas share the losses); H·e is drawn from its covariance
     H·H' (a few x a few), so a draw costs a few normal numbers whatever the number of points.
 
-    Model error: with >= 5 points a cubic in log N is fitted too. Its vertex minus the parabola's estimates the
-    parabola's bias; the part of its square beyond the noise (the variance of the same difference over the draws)
-    is added as Gaussian spread to the vertex draws (pr.bias_sd, in decades)."""
+    Model error: with >= 5 points a cubic in log N is fitted too. Its minimum minus the parabola's (position and
+    value) estimates the parabola's bias; when it is significant (> BIAS_Z noise sds, the noise measured by the
+    same difference over the draws), its size beyond the noise is added as Gaussian spread to the vertex draws
+    (pr.bias_sd in decades of N, pr.bias_L in loss)."""
     x, d, y, w = pr.fitted()
     yhat = np.polyval(uncentered(pr.coef_N, pr.center_N), x)
     u, v = x - pr.center_N, d - pr.center_D
@@ -245,16 +261,16 @@ def _residual_draws(pr: BudgetProfile, sigma: np.ndarray, rng: np.random.Generat
     if cubic:
         X3 = designs[2]
         observed = np.linalg.solve(X3.T @ (w[:, None] * X3), X3.T @ (w * y))
-        delta = float(_cubic_vertex(observed, pr.center_N)) - pr.vertex_N[0]
-        diff = _cubic_vertex(bases[2][None, :] + z[:, 6:], pr.center_N) - vertex(bases[0][None, :] + z[:, :3],
-                                                                                   pr.center_N)[0]
-        diff = diff[np.isfinite(diff)]
-        if math.isfinite(delta) and diff.size > 10:
-            q25, q75 = np.percentile(diff, [25, 75])
-            pr.bias_sd = math.sqrt(max(0.0, delta * delta - ((q75 - q25) / 1.349) ** 2))
-    if pr.bias_sd > 0:
-        shift = pr.bias_sd * rng.standard_normal(sigma.size)
-        out["logN"], out["logD"] = out["logN"] + shift, out["logD"] - shift
+        cub_x, cub_y = _cubic_minimum(observed, pr.center_N)
+        null_x, null_y = _cubic_minimum(bases[2][None, :] + z[:, 6:], pr.center_N)  # draws: no bias by design
+        par_x, par_y = vertex(bases[0][None, :] + z[:, :3], pr.center_N)
+        xv, yv = pr.vertex_N
+        pr.bias_sd = _bias_beyond_noise(float(cub_x) - xv, null_x - par_x)
+        pr.bias_L = _bias_beyond_noise(float(cub_y) - yv, null_y - par_y)
+    shift = rng.standard_normal((2, sigma.size))
+    out["logN"] = out["logN"] + pr.bias_sd * shift[0]
+    out["logD"] = out["logD"] - pr.bias_sd * shift[0]
+    out["L"] = out["L"] + pr.bias_L * shift[1]
     return out
 
 
@@ -459,7 +475,7 @@ def _budget_table(profiles: list[BudgetProfile], method: str, reason: str) -> pd
                   if draws is None or reason else interval_from_draws(draws, method=method))
             lo, hi = (10 ** iv.lo, 10 ** iv.hi) if to_lin else (iv.lo, iv.hi)
             row.update({f"{key}_lo": lo, f"{key}_hi": hi, f"{key}_reason": iv.reason})
-        row.update(bias_sd=pr.bias_sd, n_ok=int(np.isfinite(pr.draws["logN"]).sum()) if pr.draws else 0,
+        row.update(bias_sd=pr.bias_sd, bias_L=pr.bias_L, n_ok=int(np.isfinite(pr.draws["logN"]).sum()) if pr.draws else 0,
                    n_total=int(pr.draws["logN"].size) if pr.draws else 0,
                    n_points=int(pr.logN.size), n_fit=int(pr.fit.sum()), n_runs=int(pr.weight.sum()),
                    flags=list(pr.flags), used=pr.used, best_N=float(10 ** pr.logN[best]),
