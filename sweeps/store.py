@@ -335,7 +335,8 @@ class Store:
         return [r["run_id"] for r in self.plan()["runs"]]
 
     def planned(self, run_id: str) -> dict:
-        """The PlannedRun dict of `run_id` (from planned.json; from plan.json when planned.json is torn)."""
+        """The PlannedRun dict of `run_id` (from planned.json; from plan.json, with a warning, when planned.json is
+        torn or missing)."""
         path = self.run_dir(run_id) / "planned.json"
         try:
             d = read_json(path, default=None)
@@ -343,9 +344,12 @@ class Store:
             d = next((r for r in self.plan()["runs"] if r["run_id"] == run_id), None)
             if d is None:
                 raise
-            self._report_torn(e, "read from plan.json instead")
+            self._report_torn(e, "read from plan.json instead", keep=False)
         if d is None:
-            raise FileNotFoundError(f"{self.run_dir(run_id)}: no planned.json")
+            d = next((r for r in self.plan()["runs"] if r["run_id"] == run_id), None)
+            if d is None:
+                raise FileNotFoundError(f"{self.run_dir(run_id)}: no planned.json (run not in this sweep's plan)")
+            warnings.warn(f"{path} is missing; read run {run_id} from plan.json instead", stacklevel=2)
         if not isinstance(d, dict) or d.get("run_id") != run_id:
             raise ConfigError(str(path), f"the planned run {run_id}", d.get("run_id") if isinstance(d, dict) else d)
         return d

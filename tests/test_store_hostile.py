@@ -195,3 +195,18 @@ def test_a_results_folder_that_is_a_file_is_refused_and_nothing_written(tmp_path
     with pytest.raises(ConfigError, match="^results: expected a folder path"):
         launched(results, spec_path)  # results/small would be below a file
     assert results.read_text() == "not a folder"
+
+
+def test_a_torn_or_missing_planned_json_is_read_from_plan_json(tmp_path, spec_path):
+    store = launched(tmp_path / "results", spec_path)
+    first, second = store.run_ids()[:2]
+    expected = store.planned(first)
+    tear(store.run_dir(first) / "planned.json")
+    (store.run_dir(second) / "planned.json").unlink()
+    with pytest.warns(UserWarning, match=r"planned\.json is torn .*read from plan\.json"):
+        assert store.planned(first) == expected
+    with pytest.warns(UserWarning, match=r"planned\.json is missing; read run"):
+        assert store.planned(second)["run_id"] == second
+    with pytest.warns(UserWarning):
+        runs, _ = load_results(store.root)
+    assert len(runs) == len(store.run_ids())
