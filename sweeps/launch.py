@@ -48,7 +48,6 @@ from sweeps.grid import plan
 from sweeps.spec import SweepSpec, load_spec, validate_resources
 from sweeps.store import FINAL, Store, read_json
 
-JOBS_FILE = "jobs.json"
 UNKNOWN_GRACE_S = 60.0  # seconds a just-submitted job may be unknown to its backend before it counts as over
 
 
@@ -154,6 +153,12 @@ def launch(
         result.job_states.update({r: states[j.job_id] for r, j in followed.items()})
         result.followed = list(followed)
         _record_states(store.root, submitted, jobs, states, backend)
+        # A run this launcher queued but another launcher's worker claimed first: wait for that worker too.
+        elsewhere = {r: RunLockJob(store.run_dir(r)) for r in submitted if store.run_state(r) == "running"} \
+            if wait else {}
+        if elsewhere:
+            follow(list(elsewhere.values()), executor, poll_s=poll, bar=progress, title=spec.name)
+            result.followed += list(elsewhere)
     else:
         result.job_states.update(dict.fromkeys(submitted, "PENDING"))
     result.run_states = {r: store.run_state(r) for r in run_ids}
@@ -210,7 +215,8 @@ def _select(store: Store, run_ids: list[str], executor: Executor, max_retries: i
         last = (jobs.get(run_id) or [None])[-1]
         last_state = _last_state(last, live)
         active = last is not None and last["backend"] == executor.backend and last_state in ACTIVE_STATES \
-            and (last["job_id"] in live or _recent(last))
+            and (last["job_id"] in live or _recent(last)) \
+            and not (executor.queue_is_shared and last_state == "PENDING")
         if state in FINAL:
             result.skipped[run_id] = state
         elif state == "running":
@@ -242,7 +248,7 @@ def _recent(record: dict, grace_s: float = UNKNOWN_GRACE_S) -> bool:
         submitted = _dt.datetime.fromisoformat(record["submitted"])
     except (KeyError, TypeError, ValueError):
         return False
-    return (_dt.datetime.now(_dt.timezone.utc) - submitted).total_seconds() < grace_s
+    return (_dt.datetime.now(_dt.UTC) - submitted).total_seconds() < grace_s
 
 
 def failures(store: Store, run_id: str, records: list[dict], live: dict[str, str] | None = None) -> int:

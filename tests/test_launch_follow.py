@@ -147,3 +147,36 @@ def test_follow_shows_rate_and_eta_from_throughput(tmp_path):
     assert lines[-1].startswith("tiny: 2/2 done, 0 failed, 0 running, 0 queued")
     assert all("FLOP/s" in line and "ETA" in line for line in lines)
     assert not any(s in ACTIVE_STATES for s in states.values())
+
+
+@pytest.mark.slow  # ~15 s: two launchers on one folder
+def test_two_launchers_share_the_queue_and_train_each_run_once(tmp_path, make_spec):
+    """Launcher 1 trains run 0 (held mid-run) with run 1 queued behind it; launcher 2 (--wait) queues run 1 too,
+    its idle worker claims it first, and it follows run 0 to the end. Launcher 1's worker then finds run 1 done."""
+    spec = make_spec(tmp_path / "two.toml", seeds=(0, 1), max_concurrent=1)
+    results = tmp_path / "results"
+    store = Store(results / "tiny")
+    out: dict = {}
+    first = threading.Thread(target=lambda: out.update(first=launch(
+        spec, backend="local", results=results, executor=LocalExecutor(max_concurrent=1, threads_per_run=1),
+        progress=False)))
+    first.start()
+    run0, run1 = wait_for(lambda: store.plan_path.exists() and store.run_ids())
+    pid = wait_for(lambda: running_pid(store, run0))
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        follower = threading.Thread(target=lambda: out.update(second=launch(
+            spec, backend="local", results=results, wait=True, progress=False,
+            executor=LocalExecutor(max_concurrent=1, threads_per_run=1))))
+        follower.start()
+        wait_for(lambda: (store.summary(run1) or {}).get("status") == "completed", timeout=120)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    follower.join(timeout=120)
+    first.join(timeout=120)
+    first_result, second_result = out["first"], out["second"]
+    assert second_result.submitted == [run1] and second_result.followed == [run0]
+    assert second_result.run_states == {run0: "completed", run1: "completed"}
+    assert first_result.job_states == {run0: "COMPLETED", run1: "COMPLETED"}  # run 1: already done when claimed
+    for run_id in (run0, run1):
+        assert [a["status"] for a in store.attempts(run_id)] == ["completed"]  # each trained once

@@ -17,7 +17,8 @@ backend they hold:
 
 Job states use SLURM's words, so the store and `scaling sweep status` read the same vocabulary for every backend:
 PENDING, RUNNING, REQUEUED, COMPLETED, FAILED, CANCELLED, TIMEOUT, PREEMPTED, NODE_FAIL, OUT_OF_MEMORY, UNKNOWN; plus
-DROPPED, a local job taken off its launcher's queue before it started (the launcher stopped): not a failure.
+DROPPED, a local job that did not train its run and did not fail it: taken off its launcher's queue before it
+started (the launcher stopped), or its run was claimed by another launcher's worker first.
 """
 
 from __future__ import annotations
@@ -115,6 +116,9 @@ class Executor(abc.ABC):
     backend: str = ""
     where: str = ""  # where a recorded active job of this backend runs, for messages ("SLURM")
     jobs_end_with_launcher: bool = False  # True: jobs run inside the launching process, which must follow them
+    # True: a run queued (PENDING) by another launcher may be queued here too, and whichever worker claims it first
+    # trains it (the other's job ends DROPPED); False: a PENDING job will run its run, so it is not submitted again.
+    queue_is_shared: bool = False
     poll_s: float = 1.0  # how often a follower asks for job states
 
     # -- construction ----------------------------------------------------------------------------------------------

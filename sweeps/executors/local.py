@@ -40,7 +40,7 @@ from pathlib import Path
 from scaling.errors import ConfigError
 from sweeps.executors.base import ACTIVE_STATES, DROPPED, UNKNOWN, Executor, Job, Resources, state_from_store
 from sweeps.store import read_json, write_json_atomic
-from sweeps.worker import EXIT_OK, JOB_ID_ENV, SERVE_FLAG
+from sweeps.worker import EXIT_BUSY, EXIT_OK, JOB_ID_ENV, SERVE_FLAG
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding `sweeps/`, put on the workers' PYTHONPATH
 RECORDS_DIR = "local"  # <sweep>/local/<job_id>.json
@@ -93,7 +93,7 @@ class LocalJob(Job):
         self.returncode: int | None = None
         self._state = "PENDING"
         self._cancel_requested = False
-        self._record_dir = records_dir(self.run_dir)
+        self.record_dir = records_dir(self.run_dir)  # <sweep>/local/, None outside a sweep store
         self._save()
 
     def state(self) -> str:
@@ -116,6 +116,8 @@ class LocalJob(Job):
         self.returncode = returncode
         if returncode == EXIT_OK:
             self._state = "COMPLETED"
+        elif returncode == EXIT_BUSY:
+            self._state = DROPPED  # another process had claimed the run: it trains it, this job did not
         else:
             self._state = "CANCELLED" if self._cancel_requested else "FAILED"
         self._save()
@@ -126,10 +128,10 @@ class LocalJob(Job):
         self._save()
 
     def _save(self) -> None:
-        if self._record_dir is None:
+        if self.record_dir is None:
             return
-        self._record_dir.mkdir(exist_ok=True)
-        write_json_atomic(self._record_dir / f"{self.job_id}.json", {
+        self.record_dir.mkdir(exist_ok=True)
+        write_json_atomic(self.record_dir / f"{self.job_id}.json", {
             "job_id": self.job_id, "run_dir": str(self.run_dir), "state": self._state, "pid": self.pid,
             "returncode": self.returncode, **launcher_identity(),
         })
@@ -212,6 +214,7 @@ class LocalExecutor(Executor):
     backend = "local"
     where = "another local launcher"
     jobs_end_with_launcher = True  # the scheduler is a thread of the launching process
+    queue_is_shared = True  # launchers (on one machine or several) race for each run's claim; one trains it
     poll_s = 0.2
 
     def __init__(self, max_concurrent: int | None = None, gpus: list[str] | None = None,
@@ -438,7 +441,7 @@ class LocalExecutor(Executor):
             env[JOB_ID_ENV] = job.job_id
         log_path = job.run_dir / "worker.log"
         if serves:  # each run's output goes to its own worker.log; this file gets what falls between runs
-            log_path = (job._record_dir or job.run_dir) / "workers.log"
+            log_path = (job.record_dir or job.run_dir) / "workers.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
