@@ -1,6 +1,7 @@
 """Time and peak memory of `scaling fit` on per-checkpoint tables of 1k to 1M rows (target: 1M rows in <= 60 s, <= 2 GB).
 
     python benchmarks/bench_fit_size.py [--rows 1000,10000,100000,1000000] [--law isoflop] [--checkpoints 100]
+                                        [--direct]
 
 Each table is drawn from a known surface (analysis.simulate.Surface): `rows / checkpoints` runs spread over 8 FLOP
 budgets (model sizes log-spaced +-0.6 decades around each budget's optimum), each run logged at `checkpoints`
@@ -9,6 +10,10 @@ the checkpoints of a run into one row (its last) and keeps the curves in df.attr
 a fresh Python process (`scaling fit FILE --law LAW --no-backtest --json OUT`), so the peak resident memory
 (getrusage ru_maxrss of that process) is its own. Also prints each size's time relative to the smallest, which is
 what tells linear from quadratic on a busy machine.
+
+--direct measures analysis.isoflop.fit_isoflop alone, in this process (tracemalloc peak), on one-row-per-run tables
+of the same sizes (every row a distinct run: 8 budgets, sizes uniform in +-0.6 decades, 0.5% noise, 200 draws),
+which isolates the isoFLOP fit from reading and collapsing the table.
 """
 
 from __future__ import annotations
@@ -74,13 +79,50 @@ def measure(path: Path, law: str, out: Path) -> dict:
     return result
 
 
+def one_row_per_run(n_rows: int, seed: int = 0) -> pd.DataFrame:
+    """n_rows distinct runs (N, D, C, budget, loss) over N_BUDGETS budgets from the known surface."""
+    s = Surface()
+    rng = np.random.default_rng(seed)
+    C = np.geomspace(1e17, 1e19, N_BUDGETS)[np.arange(n_rows) % N_BUDGETS]
+    N = 10 ** (np.log10(s.optimum(C)["N_opt"]) + rng.uniform(-0.6, 0.6, n_rows))
+    D = C / (s.k * N)
+    return pd.DataFrame({"N": N, "D": D, "C": C, "budget": C,
+                         "loss": s.loss(N, D) * np.exp(0.005 * rng.standard_normal(n_rows))})
+
+
+def measure_direct(sizes: list[int]) -> None:
+    """fit_isoflop alone on one-row-per-run tables: seconds, tracemalloc peak, and time relative to the smallest."""
+    import time
+    import tracemalloc
+
+    from analysis.isoflop import fit_isoflop
+
+    print(f"fit_isoflop alone, one row per run, {N_BUDGETS} budgets, 200 draws")
+    print(f"{'rows':>9s} {'seconds':>8s} {'peak MB':>8s} {'s / s(smallest)':>16s} {'rows ratio':>10s}")
+    base = None
+    for n in sizes:
+        table = one_row_per_run(n)
+        tracemalloc.start()
+        t0 = time.perf_counter()
+        fit_isoflop(table, n_boot=200)
+        seconds = time.perf_counter() - t0
+        peak = tracemalloc.get_traced_memory()[1] / 2 ** 20
+        tracemalloc.stop()
+        base = base or (seconds, n)
+        print(f"{n:9d} {seconds:8.2f} {peak:8.0f} {seconds / base[0]:16.2f} {n / base[1]:10.0f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", default="1000,10000,100000,1000000", help="comma-separated table sizes")
     ap.add_argument("--law", default="isoflop", help="the --law given to scaling fit (isoflop, all, ...)")
     ap.add_argument("--checkpoints", type=int, default=100, help="checkpoints (rows) per run")
+    ap.add_argument("--direct", action="store_true", help="time fit_isoflop alone on one-row-per-run tables")
     args = ap.parse_args(argv)
     sizes = [int(float(v)) for v in args.rows.split(",") if v]
+    if args.direct:
+        measure_direct(sizes)
+        return 0
     print(f"scaling fit --law {args.law}: per-checkpoint CSV, {args.checkpoints} rows per run, {N_BUDGETS} budgets; "
           f"target {TARGET_S:g} s and {TARGET_GB:g} GB at 1M rows")
     print(f"{'rows':>9s} {'runs':>7s} {'seconds':>8s} {'peak MB':>8s} {'s / s(smallest)':>16s} {'rows ratio':>10s}")

@@ -228,3 +228,14 @@ def test_parabola_batch_counts_distinct_x_and_scales_linearly():
     big = rng.uniform(-1, 1, 300_000)
     coef = parabola_batch(big, 2 + 0.5 * big + 3 * big ** 2, np.ones((2, big.size)))
     np.testing.assert_allclose(coef, [[2, 0.5, 3]] * 2, atol=1e-8)
+
+
+def test_parabola_bias_is_added_only_when_the_cubic_sees_it():
+    # +-1.2 decades, 0.5 decades off centre, tiny noise: the parabola is a poor local model and the cubic shows it
+    wide = SweepDesign(n_budgets=4, n_per_budget=9, half_width=1.2, max_offset=0.5, noise=0.0005, n_seeds=2)
+    fit = fit_isoflop(simulate_sweep(wide, seed=1), n_boot=300)
+    assert (fit.budgets["bias_sd"] > 0).any()
+    # a narrow centred grid with ordinary noise: no budget gets the term
+    narrow = SweepDesign(n_budgets=4, n_per_budget=7, half_width=0.4, noise=0.005, n_seeds=2)
+    fit = fit_isoflop(simulate_sweep(narrow, seed=1), n_boot=300)
+    assert (fit.budgets["bias_sd"] == 0).all()
