@@ -667,7 +667,7 @@ class AllocationFit(FitResult):
     @classmethod
     def _from_dict(cls, d: dict) -> AllocationFit:
         fit = super()._from_dict(d)
-        for law in cls.fit_members:
+        for law in ("N_opt", "D_opt", "L_opt"):
             if not isinstance(getattr(fit, law), PowerLawFit):
                 raise ConfigError(f"{cls.kind}.{law}", "a power_law result", type(getattr(fit, law)).__name__)
         return fit
