@@ -452,7 +452,7 @@ def _between_cell_variance(X: np.ndarray, y: np.ndarray, var: np.ndarray) -> flo
         return 0.0
     w = 1.0 / var
     XtW = X.T * w
-    A = np.linalg.inv(XtW @ X)
+    A = np.linalg.pinv(XtW @ X)
     beta = A @ (XtW @ y)
     q = float(np.sum(w * (y - X @ beta) ** 2))
     trace = float(np.sum(w) - np.trace(A @ (XtW * w) @ X))
@@ -599,7 +599,7 @@ class HyperparamFit(FitResult):
 
     def headline(self) -> str:
         return (f"{self.name}: lr_opt in peak learning rate, batch in tokens, C in FLOPs "
-                f"(optimum located per (N, D) cell; laws across the compute-optimal cells)")
+                f"(optimum located per (N, D) cell; laws in C across budgets at their optimum N)")
 
     def summary(self) -> str:
         lines = super().summary().splitlines()
@@ -706,6 +706,15 @@ def _flag_mask(table: pd.DataFrame, flags: frozenset) -> pd.Series:
     return table["flags"].map(lambda f: not (flags & set(f)))
 
 
+def _size_rank(log_nd: np.ndarray) -> int:
+    """Rank of the design [1, log N, log D] with a relative tolerance: N and D that vary together (one D per N, as
+    along a compute-optimal path) give 2 even when rounding leaves them a hair from collinear."""
+    if len(log_nd) < 2:
+        return len(log_nd)
+    s = np.linalg.svd(log_nd - log_nd.mean(0), compute_uv=False)
+    return 1 + int(np.sum(s > 1e-6 * max(s[0], 1e-300)))
+
+
 def _too_few_budgets(table: pd.DataFrame, n_ok: int) -> ConfigError:
     """The error when fewer than MIN_LAW_CELLS budgets have a usable compute-optimal cell, with what to change."""
     chosen = table[table["compute_optimal"]]
@@ -749,8 +758,7 @@ def _laws(table: pd.DataFrame, by_index: dict[int, _Cell], n_boot: int, rng: np.
         points = _cell_law_points(table[table["used_batch_D"]], by_index, "batch", "D", n_boot)
         laws["batch_D"] = power(points, "B_opt(D)", "D [tokens]", "B_opt [tokens]")
     step = table[lr_ok]
-    centred = np.log10(step[["N", "D"]].to_numpy(float))
-    rank = int(np.linalg.matrix_rank(centred - centred.mean(0))) + 1 if len(step) else 0
+    rank = _size_rank(np.log10(step[["N", "D"]].to_numpy(float)))
     table["used_steplaw"] = lr_ok if len(step) >= MIN_STEPLAW_CELLS and rank == 3 else False
     if table["used_steplaw"].any():
         points = _cell_law_points(step, by_index, "lr", "N", n_boot)
