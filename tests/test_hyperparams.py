@@ -97,6 +97,19 @@ def test_batch_grid_gives_batch_laws():
     assert fit.cells["two_d"].all() and fit.cells["method"].eq("bootstrap:runs").all()  # 30 runs per cell
 
 
+def test_one_size_per_budget_has_no_step_law():
+    # the pipeline's sweep: isoFLOP runs (one lr each) plus an lr x batch grid at each budget's optimal size, so the
+    # scanned cells lie on one path where N and D move together: lr(N, D) is not identifiable, lr_opt(C) is
+    from analysis.simulate import synthetic_runs
+
+    runs = synthetic_runs(hparam_grid=(5, 3), seed=0)
+    fit = fit_hyperparams(runs.drop(columns="kind"), n_boot=100)
+    assert fit.steplaw is None and fit.diagnostics["steplaw"].startswith("not fitted")
+    assert fit.cells["scanned"].sum() == 5 and fit.cells.loc[fit.cells["scanned"], "two_d"].all()
+    assert fit.params["lr_exponent"] == pytest.approx(-0.125, abs=0.05)  # lr* = 0.94 C^-0.125 in that simulator
+    assert fit.batch_opt is not None
+
+
 def test_no_lr_scan_is_refused():
     one_lr = scan_sweep(n_lr=1)
     with pytest.raises(ConfigError, match="no LR scan: one LR per cell"):
