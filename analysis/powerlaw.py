@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 from scipy.optimize import least_squares
@@ -312,34 +312,49 @@ def power_law_result(x, y, coef: float, exponent: float, samples: np.ndarray | N
                        unreliable=unreliable, name=name, x_name=x_name, y_name=y_name)
 
 
-def _power_law_draws(lx, ly, w, sigma, n_boot: int, seed: int, bootstrap: str, residuals: str, unit: str):
-    """Bootstrap draws {"coef", "exponent"} of a log-log line fit, the method used, the noise model, a reason when
-    there are none, and a note on any fallback."""
+class _Bootstrap(NamedTuple):
+    """What a bootstrap produced: draws by name (empty when none), the Interval method, the noise model of a
+    residual bootstrap, why there are no draws, and a note on any fallback from the requested method."""
+
+    draws: dict
+    method: str = "none"
+    noise: dict | None = None
+    reason: str = ""
+    note: str = ""
+
+
+def _first_method(bootstrap: str, sigma, n_units: int, what: str) -> tuple[str, str]:
+    """The method to try first, and why when "auto" did not pick resampling points."""
+    if bootstrap != "auto":
+        return bootstrap, ""
+    if sigma is not None:
+        return "residual", "per-point sigma given: residual bootstrap with that noise"
+    if n_units < MIN_RESAMPLE_UNITS:
+        return "residual", f"only {n_units} distinct {what} (< {MIN_RESAMPLE_UNITS}) to resample"
+    return "points", ""
+
+
+def _power_law_draws(lx, ly, w, sigma, n_boot: int, seed: int, bootstrap: str, residuals: str,
+                     unit: str) -> _Bootstrap:
+    """Bootstrap draws {"coef", "exponent"} of a log-log line fit (module docstring for the methods)."""
     fit_w = w if sigma is None else w / sigma ** 2
     lc, e = weighted_line(lx, ly, fit_w)
-    n_units = int(np.unique(lx[w > 0]).size)
-    chosen, note = bootstrap, ""
-    if bootstrap == "auto":
-        chosen = "points"
-        if sigma is not None:
-            chosen, note = "residual", "per-point sigma given: residual bootstrap with that noise"
-        elif n_units < MIN_RESAMPLE_UNITS:
-            chosen, note = "residual", f"only {n_units} distinct x (< {MIN_RESAMPLE_UNITS}) to resample"
+    chosen, note = _first_method(bootstrap, sigma, int(np.unique(lx[w > 0]).size), "x")
     if chosen == "points":
         counts = bootstrap_counts(lx.size, n_boot, seed)
         blc, be = weighted_line(lx, ly, counts * fit_w)
         n_ok = int(np.isfinite(be).sum())
         if bootstrap != "auto" or n_ok >= MIN_OK_FRACTION * n_boot:
-            return {"coef": np.exp(blc), "exponent": be}, f"bootstrap:{unit}", {}, "", note
-        chosen, note = "residual", f"only {n_ok}/{n_boot} resamples of the {unit} had 2 distinct x"
+            return _Bootstrap({"coef": np.exp(blc), "exponent": be}, f"bootstrap:{unit}", note=note)
+        note = f"only {n_ok}/{n_boot} resamples of the {unit} had 2 distinct x"
     fitted = lc + e * lx
     rng = np.random.default_rng(seed)
     eps, noise, reason = simulate_log_noise(ly - fitted, fit_w if sigma is None else w, sigma, 2, n_boot, rng,
                                             residuals=residuals, leverage=_line_leverage(lx, fit_w))
     if eps is None:
-        return {}, "bootstrap:residual", {}, reason, note
+        return _Bootstrap({}, "bootstrap:residual", reason=reason, note=note)
     blc, be = weighted_line(lx, fitted + eps, fit_w)
-    return {"coef": np.exp(blc), "exponent": be}, "bootstrap:residual", noise, "", note
+    return _Bootstrap({"coef": np.exp(blc), "exponent": be}, "bootstrap:residual", noise, note=note)
 
 
 def fit_power_law(x, y, weights=None, *, sigma=None, n_boot: int = 1000, seed: int = 0, bootstrap: str = "auto",
@@ -365,13 +380,11 @@ def fit_power_law(x, y, weights=None, *, sigma=None, n_boot: int = 1000, seed: i
                           f"{np.unique(x[w > 0]).size} distinct")
     lx, ly = np.log(x), np.log(y)
     lc, e = weighted_line(lx, ly, w if s is None else w / s ** 2)
-    draws, method, noise, reason, note = ({}, "none", {}, "", "")
-    if n_boot:
-        draws, method, noise, reason, note = _power_law_draws(lx, ly, w, s, n_boot, seed, bootstrap, residuals, unit)
-    return power_law_result(x, y, float(np.exp(lc)), float(e), draws=draws, weights=w, name=name, x_name=x_name,
-                            y_name=y_name, method=method, noise=noise, undetermined_reason=reason,
-                            exponent_range=exponent_range,
-                            diagnostics={"bootstrap_fallback": note} if note else None)
+    boot = _power_law_draws(lx, ly, w, s, n_boot, seed, bootstrap, residuals, unit) if n_boot else _Bootstrap({})
+    return power_law_result(x, y, float(np.exp(lc)), float(e), draws=boot.draws, weights=w, name=name,
+                            x_name=x_name, y_name=y_name, method=boot.method, noise=boot.noise,
+                            undetermined_reason=boot.reason, exponent_range=exponent_range,
+                            diagnostics={"bootstrap_fallback": boot.note} if boot.note else None)
 
 
 # ---------------------------------------------------------------- saturating law
@@ -498,34 +511,27 @@ def _information_criteria(rss: float, n: int, p: int) -> tuple[float, float]:
     return ll_term + 2 * p, ll_term + p * math.log(n)
 
 
-def _saturating_draws(lc, ly, w, sigma, theta, n_boot: int, seed: int, bootstrap: str, residuals: str):
-    """Bootstrap draws of (E, lnA, gamma) in centred ln C, the method, the noise model, a reason when there are
-    none, and a note on any fallback. A draw fails when its refit is not finite, sits on the upper bound of E
-    (E -> min L: the C term vanishes) or, resampling points, holds fewer than 4 distinct C."""
+def _saturating_draws(lc, ly, w, sigma, theta, c0: float, n_boot: int, seed: int, bootstrap: str,
+                      residuals: str) -> _Bootstrap:
+    """Bootstrap draws {"E", "A", "gamma"} of the saturating law (theta = (E, ln A, gamma) in ln C centred at c0).
+    A draw fails when its refit is not finite, sits on the upper bound of E (E -> min L: the C term vanishes) or,
+    resampling points, holds fewer than 4 distinct C."""
     fit_w = w if sigma is None else w / sigma ** 2
-    n_units = int(np.unique(lc[w > 0]).size)
-    chosen, note = bootstrap, ""
-    if bootstrap == "auto":
-        chosen = "points"
-        if sigma is not None:
-            chosen, note = "residual", "per-point sigma given: residual bootstrap with that noise"
-        elif n_units < MIN_RESAMPLE_UNITS:
-            chosen, note = "residual", f"only {n_units} distinct C (< {MIN_RESAMPLE_UNITS}) to resample"
+    chosen, note = _first_method(bootstrap, sigma, int(np.unique(lc[w > 0]).size), "C")
 
-    def refit(ly_rows, W):
+    def refit(ly_rows, W) -> dict:
         bt, bf, Lmin = _saturating_batch(lc, ly_rows, W)
         ok = np.isfinite(bf) & np.isfinite(bt).all(axis=1) & (bt[:, 0] < Lmin * (1 - 1e-6))
+        if W.shape[0] and chosen == "points":
+            ok &= np.array([np.unique(lc[row > 0]).size for row in W]) >= 4
         bt[~ok] = np.nan
-        return bt
+        return {"E": bt[:, 0], "A": np.exp(bt[:, 1] + bt[:, 2] * c0), "gamma": bt[:, 2]}
 
     if chosen == "points":
-        counts = bootstrap_counts(lc.size, n_boot, seed)
-        distinct = np.array([np.unique(lc[(c > 0) & (w > 0)]).size for c in counts])
-        bt = refit(ly, counts * fit_w)
-        bt[distinct < 4] = np.nan
-        n_ok = int(np.isfinite(bt[:, 0]).sum())
+        draws = refit(ly, bootstrap_counts(lc.size, n_boot, seed) * fit_w)
+        n_ok = int(np.isfinite(draws["E"]).sum())
         if bootstrap != "auto" or n_ok >= MIN_OK_FRACTION * n_boot:
-            return bt, "bootstrap:points", {}, "", note
+            return _Bootstrap(draws, "bootstrap:points", note=note)
         chosen, note = "residual", f"only {n_ok}/{n_boot} point resamples gave a saturating fit off its bounds"
     E, la, g = theta
     with np.errstate(divide="ignore"):
@@ -533,8 +539,9 @@ def _saturating_draws(lc, ly, w, sigma, theta, n_boot: int, seed: int, bootstrap
     eps, noise, reason = simulate_log_noise(ly - fitted, fit_w if sigma is None else w, sigma, 3, n_boot,
                                             np.random.default_rng(seed), residuals=residuals)
     if eps is None:
-        return None, "bootstrap:residual", {}, reason, note
-    return refit(fitted + eps, np.broadcast_to(fit_w, eps.shape).copy()), "bootstrap:residual", noise, "", note
+        return _Bootstrap({}, "bootstrap:residual", reason=reason, note=note)
+    return _Bootstrap(refit(fitted + eps, np.broadcast_to(fit_w, eps.shape).copy()), "bootstrap:residual", noise,
+                      note=note)
 
 
 def fit_saturating(C, L, *, weights=None, sigma=None, n_boot: int = 1000, seed: int = 0, bootstrap: str = "auto",
@@ -588,13 +595,10 @@ def fit_saturating(C, L, *, weights=None, sigma=None, n_boot: int = 1000, seed: 
     aic_p, bic_p = _information_criteria(rss_pow, n, 2)
 
     params = {"E": E, "A": A, "gamma": g}
-    method, noise, reason, note, draws = "none", {}, "no bootstrap (n_boot = 0)", "", {}
-    if n_boot:
-        bt, method, noise, reason, note = _saturating_draws(lc, ly, w, s, theta, n_boot, seed, bootstrap, residuals)
-        if bt is not None:
-            draws = {"E": bt[:, 0], "A": np.exp(bt[:, 1] + bt[:, 2] * c0), "gamma": bt[:, 2]}
-    intervals = (intervals_from_draws(draws, method=method) if draws else
-                 {k: Interval.undetermined(reason, method=method) for k in params})
+    boot = (_saturating_draws(lc, ly, w, s, theta, c0, n_boot, seed, bootstrap, residuals) if n_boot
+            else _Bootstrap({}, reason="no bootstrap (n_boot = 0)"))
+    intervals = (intervals_from_draws(boot.draws, method=boot.method) if boot.draws else
+                 {k: Interval.undetermined(boot.reason, method=boot.method) for k in params})
     at_bound = bool(E <= 1e-12 * upper or E >= upper * (1 - 1e-6))
     unreliable = unreliable_reasons(params, intervals, exponents={"gamma": LOSS_EXPONENT}, spans=("E",))
     if at_bound:
@@ -607,12 +611,12 @@ def fit_saturating(C, L, *, weights=None, sigma=None, n_boot: int = 1000, seed: 
         "preferred": "saturating" if bic_s < bic_p else "power",
         "preferred_by_aic": "saturating" if aic_s < aic_p else "power",
         "power_law": {"coef": power.params["coef"], "exponent": power.params["exponent"]},
-        "E_at_bound": at_bound, "C_min": float(C.min()), "C_max": float(C.max()), "bootstrap": method,
+        "E_at_bound": at_bound, "C_min": float(C.min()), "C_max": float(C.max()), "bootstrap": boot.method,
     }
-    if note:
-        diagnostics["bootstrap_fallback"] = note
-    return SaturatingFit(params=params, intervals=intervals, draws=draws, diagnostics=diagnostics, noise=noise,
-                         unreliable=unreliable, power_law=power, name="loss vs compute")
+    if boot.note:
+        diagnostics["bootstrap_fallback"] = boot.note
+    return SaturatingFit(params=params, intervals=intervals, draws=boot.draws, diagnostics=diagnostics,
+                         noise=dict(boot.noise or {}), unreliable=unreliable, power_law=power, name="loss vs compute")
 
 
 # ---------------------------------------------------------------- compute-optimal allocation (approaches 1, 2)
