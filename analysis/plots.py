@@ -67,19 +67,9 @@ def plot_all(fit, out_dir, target_budget: float | None = None,
 # ---------------------------------------------------------------- shared pieces
 
 
-def _as_dict(fit) -> dict:
-    """The fit.json dict of a FitReport (or the dict itself)."""
-    return fit.to_dict() if hasattr(fit, "to_dict") else fit
-
-
-def _runs(d: dict) -> pd.DataFrame:
-    """The runs table of a fit.json dict."""
-    return pd.DataFrame((d.get("meta") or {}).get("runs") or [])
-
-
-def _convention(fit) -> str:
-    m = fit.meta if isinstance(fit, FitReport) else (fit.get("meta") or {})
-    return f"{m.get('flop_convention', '6N')}, C = {float(m.get('k', 6.0)):.3g}·N·D"
+def _convention(report: FitReport) -> str:
+    m = report.meta
+    return f"{m['flop_convention']}, C = {float(m['k']):.3g}·N·D"
 
 
 def _colors(n: int) -> list:
