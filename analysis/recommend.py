@@ -198,7 +198,7 @@ def recommend(fit, budget: float, *, family: str | None = None, seq_len: int | N
         raise ConfigError("fit", "a loss_vs_compute, parametric, isoflop or envelope law to predict the loss")
     estimates["expected_loss"] = _choose("expected_loss", losses, rec)
     parametric = [e for e in losses if e.source.startswith("parametric")]
-    if parametric and estimates["expected_loss"] is not parametric[0]:
+    if parametric and estimates["expected_loss"].source != parametric[0].source:
         estimates["expected_loss_parametric"] = parametric[0]
     _compare(rec, "expected loss", [e for e in losses if e.source.startswith(("L(C)", "parametric"))])
 
@@ -334,7 +334,8 @@ def _hyperparam(law_name: str, report: FitReport, budget: float, rec: Recommenda
         return published
     fitted = _with_span(Estimate(float(law.predict(budget)), law.predict_samples(budget), _method(law),
                                  f"hyperparams.{law_name}",
-                                 _reasons((hp, (law_name, law_name.replace("_opt", "_exponent"))), (law, None))))
+                                 _reasons((hp, (law_name, law_name.replace("_opt", "_exponent"),
+                                               f"{law_name}_at_largest_budget")), (law, None))))
     if fitted.unreliable:
         rec.fallbacks[key] = f"{published.source} instead of {fitted.source}, which is UNRELIABLE: {fitted.unreliable}"
         return published
