@@ -31,6 +31,7 @@ import traceback
 from contextlib import contextmanager
 from pathlib import Path
 
+from scaling.runconfig import RunConfig
 from sweeps.store import FINAL, Store
 
 JOB_ID_ENV = "SWEEP_JOB_ID"
@@ -75,14 +76,12 @@ def run_one(run_dir: str | os.PathLike) -> dict:
 
 def run_config(store: Store, run_id: str):
     """The RunConfig of a planned run, writing into its run directory."""
-    from scaling.runconfig import RunConfig
-
     planned = store.planned(run_id)
     return RunConfig.from_dict({**planned["config"], "out": str(store.run_dir(run_id))})
 
 
 def _train(store: Store, run_id: str) -> dict:
-    from scaling.train import train
+    from scaling.train import train  # torch: imported by the process that trains, not by the launcher
 
     return train(run_config(store, run_id), progress=False, num_threads=_threads())
 

@@ -30,6 +30,7 @@ from submitit.slurm.slurm import SlurmInfoWatcher, _make_sbatch_string
 from scaling.errors import ConfigError
 from sweeps.executors.base import UNKNOWN, Executor, Job, Resources
 from sweeps.spec import SLURM_NAME, check_sbatch_option
+from sweeps.worker import run_one
 
 # sbatch options this executor (or submitit) sets itself: `extra` may not override them.
 RESERVED_OPTIONS = frozenset({
@@ -47,8 +48,6 @@ class SlurmRun(submitit.helpers.Checkpointable):
     """What each array task calls: `SlurmRun()(run_dir)`. `checkpoint()` (inherited) resubmits this same call."""
 
     def __call__(self, run_dir: str) -> dict:
-        from sweeps.worker import run_one  # on the node: imports torch
-
         env = submitit.JobEnvironment()
         if env.num_tasks > 1:
             # Every task keeps all the node's GPUs visible: the trainer picks cuda:LOCAL_RANK itself.
