@@ -810,9 +810,11 @@ def fit_hyperparams(df: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0, cell
         draws.update({f"{prefix}_{k}": v for k, v in law.draws.items()})
         intervals.update({f"{prefix}_{k}": v for k, v in law.intervals.items()})
         unreliable.update({f"{prefix}_{k}": v for k, v in law.unreliable.items()})
-    _mark_span(laws["lr_opt"], float(laws["lr_opt"].diagnostics["x_max"]), intervals, unreliable)
+    for member in ("lr_opt", "batch_opt"):
+        if laws[member] is not None:
+            _mark_span(laws[member], member, intervals, unreliable)
     diagnostics = {"n_cells": len(table), "n_scanned": int(table["scanned"].sum()), **law_diag,
-                   "cell": "(N, D) pair", "min_scan": MIN_SCAN, 
+                   "cell": "(N, D) pair", "min_scan": MIN_SCAN,
                    "noise_for_bootstrap": boot_noise.to_dict(),
                    "flagged": {f"N={r.N:.4g} D={r.D:.4g}": r.flags for r in table.itertuples() if r.flags}}
     return HyperparamFit(params=params, intervals=intervals, draws=draws, diagnostics=json_safe(diagnostics),
@@ -821,12 +823,13 @@ def fit_hyperparams(df: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0, cell
                          points=points.rename(columns={"loss": "loss_mean"}).reset_index(drop=True), **laws)
 
 
-def _mark_span(lr_law: PowerLawFit, C: float, intervals: dict, unreliable: dict) -> None:
-    """Add lr_opt at the largest budget a law used, with its interval; unreliable when it spans > 10x."""
-    draws = lr_law.predict_samples(np.array(C))
-    name = "lr_opt_at_largest_budget"
+def _mark_span(law: PowerLawFit, member: str, intervals: dict, unreliable: dict) -> None:
+    """Add the law's value at the largest budget it used (`<member>_at_largest_budget`) with its interval, marked
+    unreliable when that spans more than 10x (its coefficient, the value at C = 1 FLOP, always spans widely)."""
+    draws = law.predict_samples(np.array(float(law.diagnostics["x_max"])))
+    name = f"{member}_at_largest_budget"
     if draws.size == 0:
         intervals[name] = Interval.undetermined(NO_DRAWS)
         return
-    intervals[name] = interval_from_draws(draws, method=lr_law.intervals["exponent"].method)
+    intervals[name] = interval_from_draws(draws, method=law.intervals["exponent"].method)
     unreliable.update(unreliable_reasons({}, intervals, spans=(name,)))

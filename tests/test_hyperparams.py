@@ -110,6 +110,15 @@ def test_one_size_per_budget_has_no_step_law():
     assert fit.batch_opt is not None
 
 
+def test_implausible_exponent_is_marked_unreliable():
+    runs = scan_sweep(seed=12, n_seeds=2)
+    runs["lr"] *= (runs["C"] / BUDGETS[0]) ** -1.3  # moves every cell's optimum: lr_opt ~ C^-1.5, outside [-1, 1]
+    fit = fit_hyperparams(runs, n_boot=100)
+    assert fit.params["lr_exponent"] == pytest.approx(LR_EXP - 1.3, abs=0.05)
+    assert "outside" in fit.unreliable["lr_exponent"] and "UNRELIABLE" in fit.summary()
+    assert "batch_exponent" not in fit.unreliable and "lr_opt_at_largest_budget" not in fit.unreliable
+
+
 def test_no_lr_scan_is_refused():
     one_lr = scan_sweep(n_lr=1)
     with pytest.raises(ConfigError, match="no LR scan: one LR per cell"):
