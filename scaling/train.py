@@ -423,18 +423,15 @@ class Trainer:
 
     def load_checkpoint(self) -> dict | None:
         """The newest usable checkpoint (rank 0 chooses, every rank loads it), or None to start from step 0."""
-        chosen = None
+        payload = None
         if self.is_writer:
             had = bool(list_checkpoints(self.out))
             payload = load_latest_checkpoint(self.out, check=self.check_checkpoint)
             if payload is None and had:
                 print(f"warning: no usable checkpoint in {self.out / 'checkpoints'}; training from step 0",
                       file=sys.stderr)
-            chosen = None if payload is None else int(payload["step"])
-        chosen = self.dist.broadcast(chosen)
-        if not self.dist.enabled or chosen is None:
-            return payload if self.is_writer else None
-        if self.is_writer:
+        chosen = self.dist.broadcast(None if payload is None else int(payload["step"]))
+        if self.is_writer or chosen is None:
             return payload
         return load_checkpoint(dict(list_checkpoints(self.out))[chosen])
 

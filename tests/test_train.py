@@ -462,3 +462,33 @@ def test_time_train_steps_times_the_trainers_own_step(monkeypatch):
     seconds = trainer.time_train_steps(cfg.model, cfg.train, batch_size=4, micro_batch_size=2, steps=2)
     assert math.isfinite(seconds) and seconds > 0
     assert calls == [(2, [0.1, 0.0], 1e-3, 1.0)] * 3  # one warm-up + 2 timed steps, with the run's groups and clip
+
+
+class Payload:
+    """Any Python object: a pickle that would run code on load if checkpoints were read without weights_only."""
+
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_checkpoints_load_weights_only(corpus, tmp_path, reference, capsys):
+    out = tmp_path / "run"
+    preempt_at(corpus, out, 10)
+    newest = dict(list_checkpoints(out))[10]
+    torch.save({"step": 10, "model": Payload()}, newest)
+    capsys.readouterr()
+    resumed = run(corpus, out, *RESUME)
+    err = capsys.readouterr().err
+    assert "ckpt_10.pt cannot be used" in err and "weights_only" in err.replace("Weights only", "weights_only")
+    assert resumed["val_loss"] == pytest.approx(reference[0]["val_loss"], abs=1e-6)
+
+
+def test_torn_metrics_lines_are_reported_when_a_run_resumes(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    preempt_at(corpus, out, 10)
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"step": 9, "tokens": 23')  # the tail of a line cut off by kill -9
+    capsys.readouterr()
+    run(corpus, out, *RESUME)
+    assert "dropped 1 unreadable line" in capsys.readouterr().err
+    assert [m["step"] for m in metrics(out)] == [8, 16, 24]
