@@ -726,14 +726,14 @@ def _add_bootstrap(fit: ParametricFit, theta, extra, data: _Data, delta, n_boot,
     if method == "budgets" and np.unique(groups).size < MIN_RESAMPLE_UNITS:
         method, note = "residual", (f"only {np.unique(groups).size} budgets (< {MIN_RESAMPLE_UNITS}) to resample: "
                                     "residual bootstrap")
-    draws, ok, failed = _bootstrap_draws(theta, extra, data, delta, n_boot, seed, method, groups, residuals, sigma,
-                                         fit)
+    draws, ok, failed, noise = _bootstrap_draws(theta, extra, data, delta, n_boot, seed, method, groups, residuals,
+                                                sigma)
     if method != "residual" and ok.sum() < MIN_OK_FRACTION * n_boot:
         note = f"only {int(ok.sum())}/{n_boot} {method} refits succeeded: residual bootstrap"
         method = "residual"
-        draws, ok, failed = _bootstrap_draws(theta, extra, data, delta, n_boot, seed, method, groups, residuals,
-                                             sigma, fit)
-    fit.draws = draws
+        draws, ok, failed, noise = _bootstrap_draws(theta, extra, data, delta, n_boot, seed, method, groups,
+                                                    residuals, sigma)
+    fit.draws, fit.noise = draws, noise
     fit.intervals = intervals_from_draws(draws, method=f"bootstrap:{method}")
     fit.diagnostics.update({"bootstrap": method, "n_boot_requested": n_boot, "n_boot_failed": int((~ok).sum()),
                             **failed})
@@ -741,17 +741,18 @@ def _add_bootstrap(fit: ParametricFit, theta, extra, data: _Data, delta, n_boot,
         fit.diagnostics["bootstrap_fallback"] = note
 
 
-def _bootstrap_draws(theta, extra, data: _Data, delta, n_boot, seed, method, groups, residuals, sigma,
-                     fit: ParametricFit):
-    """One bootstrap of the given method: draws by name (NaN = failed), success flags, failure counts by cause."""
+def _bootstrap_draws(theta, extra, data: _Data, delta, n_boot, seed, method, groups, residuals, sigma):
+    """One bootstrap of the given method: draws by name (NaN = failed), success flags, failure counts by cause, and
+    the noise model ({} unless residual)."""
     counts = ys = None
+    noise = {}
     if method == "residual":
         s, dof, source = _residual_sigma(residuals, sigma)
         rng = np.random.default_rng(seed)
         scale = s * np.sqrt(dof / rng.chisquare(dof, size=n_boot)) if sigma is None else np.full(n_boot, s)
         log_fit = data.y.numpy() - residuals
         ys = log_fit[None, :] + rng.standard_normal((n_boot, data.n)) * scale[:, None]
-        fit.noise = {"sigma": s, "dof": dof, "source": source}
+        noise = {"sigma": s, "dof": dof, "source": source}
     else:
         counts = np.array([np.bincount(idx, minlength=data.n)
                            for idx in bootstrap_indices(data.n, n_boot, seed, groups)], dtype=float)
@@ -764,4 +765,4 @@ def _bootstrap_draws(theta, extra, data: _Data, delta, n_boot, seed, method, gro
     failed = {"n_boot_not_converged": int((~st.converged).sum()), "n_boot_stuck_on_bound": int(st.e_stuck.sum()),
               "n_boot_term_vanished": int((st.a_gone | st.b_gone).sum()), "n_boot_restarted": int(st.escaped.sum()),
               "n_boot_E_at_bound": int(st.e_bound.sum())}
-    return draws, ok, failed
+    return draws, ok, failed, noise
