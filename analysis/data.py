@@ -353,19 +353,26 @@ def _split_curves(df: pd.DataFrame, where: str) -> tuple[pd.DataFrame, pd.DataFr
     if not np.isfinite(key).all():
         raise ConfigError(f"{where}: column {order_col}", "a number on every checkpoint row of a per-checkpoint table",
                           f"{int((~np.isfinite(key)).sum())} rows without one")
-    checkpoints = df.assign(run_id=run, _order=key).sort_values(["run_id", "_order"], kind="stable")
-    repeated = checkpoints.duplicated(["run_id", "_order"], keep=False)
+    codes, _ = pd.factorize(run, sort=False)  # runs numbered in order of first appearance
+    in_order = np.all((codes[1:] > codes[:-1]) | ((codes[1:] == codes[:-1]) & (key[1:] >= key[:-1])))
+    if in_order:  # exports usually come sorted by run and step: no reordering copy
+        checkpoints = df.assign(run_id=run.to_numpy())
+    else:
+        order = np.lexsort((key, codes))  # by run, then step (numeric keys)
+        codes, key = codes[order], key[order]
+        checkpoints = df.iloc[order].assign(run_id=run.to_numpy()[order])
+    same_run = codes[1:] == codes[:-1]
+    repeated = np.zeros(len(codes), dtype=bool)
+    repeated[1:] |= same_run & (key[1:] == key[:-1])
+    repeated[:-1] |= repeated[1:].copy()
     if repeated.any():
-        bad = checkpoints.loc[repeated, "run_id"].unique()
+        bad = pd.unique(checkpoints["run_id"].to_numpy()[repeated])
         raise ConfigError(f"{where}: run_id", f"one row per run and {order_col} (rows of one run are checkpoints of "
                           f"its training curve; replicates need their own run ids)",
                           f"{int(repeated.sum())} rows repeat a (run_id, {order_col}) pair, e.g. runs "
                           f"{list(bad[:_MAX_LISTED])}")
-    checkpoints = checkpoints.drop(columns="_order")
     finite = np.isfinite(checkpoints["loss"].to_numpy(float))
-    last = checkpoints[finite].drop_duplicates("run_id", keep="last")
-    no_loss = checkpoints[~checkpoints["run_id"].isin(last["run_id"])].drop_duplicates("run_id", keep="last")
-    runs = pd.concat([last, no_loss])
+    runs = checkpoints.iloc[_last_rows(codes, finite)]
     by_run = checkpoints.groupby("run_id", sort=False)
     for col in runs.columns:
         if col == "lr":
@@ -373,6 +380,16 @@ def _split_curves(df: pd.DataFrame, where: str) -> tuple[pd.DataFrame, pd.DataFr
         elif col not in CHECKPOINT_MEASURES and col != "run_id" and runs[col].isna().any():
             runs[col] = runs[col].fillna(runs["run_id"].map(by_run[col].last()))
     return runs, checkpoints
+
+
+def _last_rows(codes: np.ndarray, finite: np.ndarray) -> np.ndarray:
+    """Per run (codes sorted, 0..R-1): the position of its last row with a finite loss, else of its last row."""
+    runs = np.arange(codes[-1] + 1)
+    last_any = np.searchsorted(codes, runs, side="right") - 1
+    pos = np.flatnonzero(finite)
+    i = np.searchsorted(codes[pos], runs, side="right") - 1
+    has = (i >= 0) & (codes[pos[np.maximum(i, 0)]] == runs) if pos.size else np.zeros(runs.size, dtype=bool)
+    return np.where(has, pos[np.maximum(i, 0)] if pos.size else 0, last_any)
 
 
 def _metrics_table(checkpoints: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:

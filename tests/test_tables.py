@@ -312,6 +312,16 @@ def test_per_checkpoint_table_becomes_one_row_per_run_with_curves(tmp_path, fmt)
     np.testing.assert_allclose(out["budget"], 1e21)  # every run ends at 1e21 FLOPs: one budget
 
 
+def test_row_order_of_a_per_checkpoint_table_does_not_matter():
+    m = curves_table(nan_last=True)
+    a = _load_quiet(m).set_index("run_id").sort_index()
+    b = _load_quiet(m.sample(frac=1.0, random_state=1)).set_index("run_id").sort_index()
+    pd.testing.assert_frame_equal(a, b)
+    ca = a.attrs["metrics"].sort_values(["run_id", "step"]).reset_index(drop=True)
+    cb = b.attrs["metrics"].sort_values(["run_id", "step"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(ca, cb, check_frame_type=False)
+
+
 def test_envelope_from_a_table_matches_the_envelope_from_its_curves(tmp_path):
     m = curves_table(n_models=15, n_ckpt=20)
     m.to_csv(tmp_path / "history.csv", index=False)
