@@ -11,6 +11,10 @@ W&B history export does: each run becomes one row (its last checkpoint with a fi
 in df.attrs["metrics"] with the columns a sweep folder gives (sweeps.results.METRIC_COLUMNS), so the envelope
 (approach 1) works from any per-checkpoint table.
 
+Budgets: the `budget` column when present; else the (N, D) cells' C values are clustered where the clusters are
+clearly separated (group_budgets: neighbours within budget_rtol = 5% AND the whole cluster within 5%). A chain of
+C values wider than that is not one budget (its values stay apart, with a warning), and a cell is never split.
+
 What is left out, and why, is recorded rather than hidden (df.attrs):
 - "excluded": one dict per run left out (run_id, status, reason, category); "excluded_counts": category -> count.
   Only runs whose status means finished (FINISHED_STATUSES) are fitted; a table without a status column is taken
@@ -33,12 +37,12 @@ import pandas as pd
 
 import sweeps
 from scaling.errors import ConfigError
+from sweeps.results import METRIC_COLUMNS
 
 REQUIRED = ("N", "D", "loss")
 OPTIONAL = ("C", "lr", "batch_size", "run_id", "step", "status", "budget", "kind", "seed", "seq_len")
 CANONICAL = REQUIRED + OPTIONAL
 NUMERIC = ("N", "D", "loss", "C", "lr", "batch_size", "step", "budget", "seq_len")
-METRIC_COLUMNS = ("run_id", "step", "tokens", "flops", "train_loss", "val_loss", "lr", "N", "budget")
 
 # Run states of common trackers (W&B, MLflow, SLURM, this project's sweeps), lower-cased, first word only.
 FINISHED_STATUSES = ("finished", "completed", "complete", "done", "success", "succeeded")
