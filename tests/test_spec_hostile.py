@@ -106,7 +106,8 @@ def test_the_tiny_cpu_documented_override_plans():
     result = design(spec)
     assert {r.budget for r in result.runs} == {1e11, 1e12}
     assert {r.budget for r in result.runs if r.tags["kind"] == "hparam"} == {1e11, 1e12}
-    kept = load_spec("tiny-cpu", ["budgets.values=[6e9,1e12]"])
+    with pytest.warns(UserWarning, match=r"keeps the budgets \['6e\+09'\]"):
+        kept = load_spec("tiny-cpu", ["budgets.values=[6e9,1e12]"])
     assert kept.hparams.budgets == [6e9]  # the LR-grid budgets still in the sweep are kept
 
 
