@@ -498,7 +498,7 @@ def run_config(spec: SweepSpec, cfg: ModelConfig, *, lr: float, batch: int, step
     train = {**spec.train.passthrough, "steps": steps, "lr": lr, "batch_size": batch, "seed": seed,
              "flop_convention": spec.budgets.convention}
     partial = {"model": cfg.to_dict(), "train": train, "data": data, "eval": {"every": every, "tokens": spec.eval.tokens},
-               **({"tracking": spec.tracking} if spec.tracking else {})}
+               **({"tracking": {"group": spec.name, **spec.tracking}} if spec.tracking else {})}  # runs grouped by sweep
     full = RunConfig.from_dict(partial).to_dict()
     full.pop("out")
     return full

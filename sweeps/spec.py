@@ -22,7 +22,7 @@ A spec has these sections (every key is optional unless said; see `sweeps/preset
                  models = "optimum" (only the model nearest the predicted N_opt) | "all"
     [eval]       every (steps) | evals_per_run (default 10), tokens
     [tracking]   optional TensorBoard / W&B logging of every run: the trainer's [tracking] table (scaling.tracking),
-                 passed to each run as is (not part of a run's identity)
+                 passed to each run (group defaults to the sweep's name; not part of a run's identity)
     [resources]  per run: gpus, cpus, mem_gb; time_min (the wall-clock limit of an attempt when no estimate exists);
                  throughput_flops (FLOP/s per run: wall-time estimates, and each run's own time limit, see grid.py)
     [backend.local]  max_concurrent, threads_per_run

@@ -175,3 +175,16 @@ def test_measure_times_the_trainers_own_step(small, monkeypatch):
     smallest = min(runs, key=lambda r: r.N)
     assert rate(smallest) == pytest.approx(smallest.flops_per_token["6N"] * smallest.batch_size * 32 / 0.5)
     assert len(calls) == 2 and all(device == "cpu" for *_, device in calls)
+
+
+def test_tracking_reaches_every_run_grouped_by_sweep_without_changing_run_ids(small, monkeypatch):
+    import scaling.tracking
+
+    monkeypatch.setattr(scaling.tracking, "installed", lambda backend: True)
+    plain = design(load_spec(small)).runs
+    tracked = design(load_spec(small, ['tracking.backends=["tensorboard"]', 'tracking.mode="offline"'])).runs
+    assert [r.run_id for r in tracked] == [r.run_id for r in plain]  # tracking is runtime, not identity
+    assert all(r.config["tracking"]["backends"] == ["tensorboard"] and r.config["tracking"]["group"] == "small"
+               for r in tracked)
+    with pytest.raises(ConfigError, match=r"^tracking\.backends\[0\]"):
+        load_spec(small, ['tracking.backends=["mlflow"]'])
