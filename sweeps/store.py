@@ -214,7 +214,9 @@ class Store:
 
     def check_spec(self, spec, extend: bool = False) -> int:
         """The spec version `spec` is (or would become, with `extend`) in this folder; raises ConfigError when the
-        folder holds a different sweep (another name, or other content without `extend`). Writes nothing."""
+        folder holds a different sweep (another name, or other content without `extend`), or when the folder cannot be
+        written (a file, or read-only). Writes nothing."""
+        writable_dir(self.root, "results")
         versions = self.spec_versions()
         if not versions:
             return 1
@@ -256,8 +258,7 @@ class Store:
         holds another sweep (see `check_spec`); with `extend`, a changed spec becomes the next version and its new
         runs are appended with that `spec_version` (runs already planned keep theirs; none is removed or changed).
         """
-        writable_dir(self.root, "results")
-        self.check_spec(spec, extend)
+        self.check_spec(spec, extend)  # before anything is written
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "runs").mkdir(exist_ok=True)
         with self._lock("plan.lock"):

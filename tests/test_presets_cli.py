@@ -94,3 +94,14 @@ def test_launch_extend_via_the_cli_records_a_new_spec_version(tmp_path, monkeypa
     run("train.lr=2e-2", "--extend")
     assert launched == [0.003, 0.02]
     assert [v["version"] for v in Store(results / "small").spec_versions()] == [1, 2]
+
+
+def test_launch_into_a_results_root_that_is_a_file_is_one_clear_error(tmp_path):
+    spec_path = tmp_path / "small.toml"
+    spec_path.write_text(small_spec_text())
+    (tmp_path / "results").write_text("a file")
+    args = sweep_parser().parse_args(["sweep", "launch", str(spec_path), "--results", str(tmp_path / "results"),
+                                      "--dry-run"])
+    with pytest.raises(ConfigError, match="^results: expected a folder path"):
+        args.func(args)
+    assert (tmp_path / "results").read_text() == "a file"
