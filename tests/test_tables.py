@@ -90,6 +90,36 @@ def test_torn_sweep_store_is_a_config_error(tmp_path, monkeypatch):
         load_runs(tmp_path)
 
 
+def test_a_sweep_folder_with_torn_store_files_still_loads(tmp_path):
+    from helpers import small_spec_text
+
+    from scaling.jsonio import write_json_atomic
+    from sweeps.grid import plan
+    from sweeps.spec import load_spec
+    from sweeps.store import Store
+
+    (tmp_path / "small.toml").write_text(small_spec_text())
+    spec = load_spec(tmp_path / "small.toml", [])
+    store = Store(tmp_path / "results" / spec.name)
+    store.init_sweep(spec, plan(spec))
+    n_runs = len(store.run_ids())
+    done = store.run_ids()[:3]
+    for run_id in done:
+        planned = store.planned(run_id)
+        (store.run_dir(run_id) / "metrics.jsonl").write_text(
+            "".join(json.dumps({"step": s, "tokens": s * 10, "flops": s * 1e6, "train_loss": 4.0, "val_loss": 3 + 1 / s,
+                                "lr": 1e-3}) + "\n" for s in (1, 2)))
+        write_json_atomic(store.run_dir(run_id) / "summary.json", {"status": "completed", "val_loss": 3.0,
+                                                                  "tokens": planned["D"], "steps": planned["steps"],
+                                                                  "wall_time_s": 1.0})
+    for torn in (store.root / "plan.json", store.run_dir(done[0]) / "attempts.json"):
+        torn.write_text('{"runs": [')
+    out = _load_quiet(store.root)
+    assert sorted(out["run_id"]) == sorted(done)
+    assert out.attrs["excluded_counts"] == {"queued": n_runs - 3}
+    assert set(out.attrs["metrics"]["run_id"]) == set(done)
+
+
 # ---------------------------------------------------------------- statuses
 
 
