@@ -253,15 +253,6 @@ class SweepSpec:
         d["budgets"]["resolved"] = self.budgets.resolved()
         return d
 
-    def content(self) -> dict:
-        """What the spec asks for: `to_dict()` without where it came from (source, overrides) or its description.
-
-        Two specs with equal content plan the same sweep; `sweeps.store` compares it to refuse mixing sweeps."""
-        d = self.to_dict()
-        for key in (*SPEC_META, "description"):
-            d.pop(key, None)
-        return d
-
 
 # ------------------------------------------------------------------------------------------------ loading
 
