@@ -23,7 +23,7 @@ import pandas as pd
 
 from analysis.data import require_columns
 from analysis.powerlaw import AllocationFit, allocation_fields, bootstrap_counts, power_law_result, weighted_line
-from analysis.result import ALLOCATION_EXPONENT
+from analysis.result import ALLOCATION_EXPONENT, MIN_RESAMPLE_UNITS
 from scaling.errors import ConfigError
 
 BOOTSTRAP_METHOD = "bootstrap:runs"
@@ -125,7 +125,8 @@ def fit_envelope(metrics_df: pd.DataFrame, *, n_bins: int = 30, n_boot: int = 10
 
     D defaults to C/(k·N) when no tokens column is given. exclude_runs: run_ids to leave out (e.g. diverged).
     Needs at least 3 runs of distinct N and at least 2 uncensored bins. Intervals: bootstrap over runs, with
-    n_ok/n_total; undetermined (with the reason) when fewer than 90% of the resamples leave 2 usable bins.
+    n_ok/n_total; undetermined (with the reason) when fewer than 90% of the resamples leave 2 usable bins, or when
+    there are fewer than MIN_RESAMPLE_UNITS runs to resample.
     """
     if n_bins < 2:
         raise ConfigError("n_bins", "at least 2 log-spaced FLOP bins", n_bins)
@@ -156,8 +157,10 @@ def fit_envelope(metrics_df: pd.DataFrame, *, n_bins: int = 30, n_boot: int = 10
     if len(used) < 2:
         raise ConfigError("envelope", "at least 2 FLOP bins won by a model that is neither the smallest nor the "
                           "largest trained (add smaller/larger models or more checkpoints)", f"{len(used)} bins")
-    boot = _bootstrap(grid, best, tokens, N_run, n_boot, seed) if n_boot else None
     reason = "" if n_boot else "no bootstrap (n_boot = 0)"
+    if n_boot and runs.size < MIN_RESAMPLE_UNITS:
+        reason = f"only {runs.size} runs (< {MIN_RESAMPLE_UNITS}) to resample: a bootstrap over runs is degenerate"
+    boot = _bootstrap(grid, best, tokens, N_run, n_boot, seed) if n_boot and not reason else None
     laws = {}
     labels = {"N": ("N_opt(C)", "N_opt [params]"), "D": ("D_opt(C)", "D_opt [tokens]"), "L": ("L_opt(C)", "L_opt")}
     for key, col in (("N", "N"), ("D", "D"), ("L", "loss")):

@@ -383,6 +383,12 @@ def test_run_level_columns_logged_once_per_run_are_carried_to_the_run():
         load_runs(m)
 
 
+def test_envelope_with_too_few_runs_to_resample_says_so():
+    fit = fit_envelope(curves_table(n_models=4, n_ckpt=30).rename(columns={"C": "flops", "D": "tokens"}), n_boot=100)
+    iv = fit.intervals["a"]
+    assert not iv.determined and "only 4 runs" in iv.reason and iv.method == "bootstrap:runs"
+
+
 def test_envelope_without_bootstrap_says_so():
     fit = fit_envelope(curves_table(n_models=15, n_ckpt=20).rename(columns={"C": "flops", "D": "tokens"}), n_boot=0)
     iv = fit.intervals["a"]
