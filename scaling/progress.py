@@ -73,14 +73,6 @@ class Progress:
         return tqdm.format_meter(done, self.total, elapsed_s, prefix=status, unit=self.unit, unit_scale=True,
                                  bar_format=LINE_FORMAT, initial=self.initial)
 
-    def write(self, text: str) -> None:
-        """A message line that does not break the bar."""
-        if self.bar is not None:
-            self.bar.write(text, file=self.stream)
-        else:
-            self.stream.write(text + "\n")
-            self.stream.flush()
-
     def close(self) -> None:
         """End the bar (a final newline on a terminal); idempotent."""
         if self.bar is not None:
