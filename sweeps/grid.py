@@ -41,6 +41,7 @@ import dataclasses
 import functools
 import hashlib
 import heapq
+import importlib.util
 import json
 import math
 import os
@@ -232,18 +233,21 @@ def time_limit_min(flops: float, throughput_flops: float | None, fallback_min: i
 
 
 def missing_extras(spec: SweepSpec) -> list[ConfigError]:
-    """What every worker would fail on: the tokenizer's optional package not installed (e.g. bpe: `tokenizers`).
-
-    A nanoGPT-style corpus (train.bin / val.bin) is already tokenized and needs no tokenizer package."""
+    """What every worker would fail on: an optional package the data needs is not installed (tokenizer 'bpe':
+    `tokenizers`; an `hf:` corpus: `datasets`). A nanoGPT-style corpus (train.bin / val.bin) is already tokenized
+    and needs no tokenizer package."""
     from scaling.data import is_nanogpt_dir  # torch: imported only when a sweep is planned
 
-    if is_nanogpt_dir(Path(spec.data.corpus).expanduser()):
-        return []
-    try:
-        check_tokenizer(spec.data.tokenizer, spec.data.vocab_size)
-    except ConfigError as e:
-        return [e]
-    return []
+    problems = []
+    if spec.data.corpus.startswith("hf:") and importlib.util.find_spec("datasets") is None:
+        problems.append(ConfigError("data.corpus", "the `datasets` package for an hf: corpus (pip install "
+                                    "scaling-planner[hf])", spec.data.corpus))
+    if not is_nanogpt_dir(Path(spec.data.corpus).expanduser()):
+        try:
+            check_tokenizer(spec.data.tokenizer, spec.data.vocab_size)
+        except ConfigError as e:
+            problems.append(e)
+    return problems
 
 
 def corpus_train_tokens(spec: SweepSpec) -> tuple[float, str] | None:

@@ -118,6 +118,9 @@ def test_a_missing_tokenizer_extra_is_caught_at_plan_time(small, monkeypatch):
     assert result.runs and [e.field for e in result.problems] == ["data.tokenizer"]
     with pytest.raises(ConfigError, match=r"^data\.tokenizer: .*pip install scaling-planner\[bpe\]"):
         plan(spec)  # what `sweep launch` calls before writing anything
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == "datasets" else object())
+    hf = design(load_spec(small, ['data.corpus="hf:tiny_shakespeare"']))
+    assert [e.field for e in hf.problems] == ["data.corpus"] and "scaling-planner[hf]" in str(hf.problems[0])
 
 
 def test_plan_warns_when_runs_repeat_their_corpus(tmp_path):
