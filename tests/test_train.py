@@ -492,3 +492,19 @@ def test_torn_metrics_lines_are_reported_when_a_run_resumes(corpus, tmp_path, ca
     run(corpus, out, *RESUME)
     assert "dropped 1 unreadable line" in capsys.readouterr().err
     assert [m["step"] for m in metrics(out)] == [8, 16, 24]
+
+
+def test_progress_on_a_terminal_is_a_tqdm_bar_with_rate_and_eta():
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    stream = Terminal()
+    p = Progress(total=100 * 256, unit="tok", initial=50 * 256, stream=stream, interval_s=0)
+    for step in range(51, 101):
+        p.update(step * 256, f"step {step}/100 loss {2.0:.4f}")
+    p.close()
+    frames = [f for f in stream.getvalue().split("\r") if f.strip()]
+    assert frames[-1].startswith("100%|") and "step 100/100 loss 2.0000" in frames[-1]
+    assert " tok/s" in frames[-1] and "ETA" in frames[-1] and stream.getvalue().endswith("\n")
+    assert p.bar is None  # closed
