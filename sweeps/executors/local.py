@@ -45,6 +45,7 @@ from sweeps.worker import EXIT_BUSY, EXIT_OK, JOB_ID_ENV, SERVE_FLAG
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding `sweeps/`, put on the workers' PYTHONPATH
 RECORDS_DIR = "local"  # <sweep>/local/<job_id>.json
 JOB_ID_RE = re.compile(r"^local-[0-9a-f]{10}$")
+STATE_RE = re.compile(r"[A-Z_]{1,32}")  # a job state word, as every record is written
 
 
 def visible_gpus() -> list[str]:
@@ -468,11 +469,13 @@ class LocalExecutor(Executor):
         if not isinstance(record, dict) or not isinstance(record.get("run_dir"), str):
             return UNKNOWN
         state = record.get("state")
+        if not isinstance(state, str) or not STATE_RE.fullmatch(state):
+            return UNKNOWN
         if state not in ACTIVE_STATES:
-            return state if isinstance(state, str) else UNKNOWN
+            return state
         run_dir = Path(record["run_dir"])
-        from_store = state_from_store(run_dir, job_id) if run_dir.parent.parent / RECORDS_DIR == path.parent \
-            else UNKNOWN  # a record must point into its own sweep
+        inside = run_dir.parent.name == "runs" and (run_dir.parent.parent / RECORDS_DIR).resolve() == path.parent.resolve()
+        from_store = state_from_store(run_dir, job_id) if inside else UNKNOWN  # a record must point into its sweep
         if from_store != UNKNOWN:
             return from_store
         if record.get("host") != socket.gethostname():
