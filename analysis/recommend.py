@@ -176,7 +176,8 @@ def recommend(fit, budget: float, *, family: str | None = None, seq_len: int | N
     rec = Recommendation(budget=budget, diagnostics={"flop_convention": meta["flop_convention"], "k": k})
     estimates: dict[str, Estimate] = {}
 
-    n_candidates = _n_candidates(report, budget)
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflowing law is refused below, not warned about
+        n_candidates = _n_candidates(report, budget)
     estimates["N"] = _choose("N", n_candidates, rec)
     n = estimates["N"]
     if not (math.isfinite(n.point) and n.point > 0):
