@@ -37,6 +37,7 @@ def run_progress(store: Store, run_id: str) -> dict:
         "tokens": planned["D"],
         "loss": summary.get("val_loss") if done_final else (losses[-1] if losses else None),
         "tries": len(store.attempts(run_id)),
+        "spec_version": planned.get("spec_version", 1),
     }
 
 
@@ -67,7 +68,12 @@ def format_status(results_dir: str | os.PathLike) -> str:
         versions = f", spec version {version} (runs of earlier versions included)" if version > 1 else ""
         head = (f"sweep {name} ({sweep_dir}{versions}): {len(rows)} runs: "
                 + ", ".join(f"{k} {v}" for k, v in counts.items()))
-        table = format_table(STATUS_HEADERS, [_status_cells(r) for r in rows])
+        cells = [_status_cells(r) for r in rows]
+        headers = STATUS_HEADERS
+        if version > 1:  # an extended sweep: which spec version added each run
+            headers = [*STATUS_HEADERS, "spec"]
+            cells = [[*c, f"v{r['spec_version']}"] for c, r in zip(cells, rows)]
+        table = format_table(headers, cells)
         blocks.append(f"{head}\n{table}")
     return "\n\n".join(blocks)
 

@@ -120,6 +120,9 @@ def test_extend_records_every_spec_version_and_load_results_tells_them_apart(tmp
     assert [v["spec"]["train"]["lr"] for v in versions] == [0.003, 0.02]
     runs, _ = load_results(store.root)
     assert runs.groupby("spec_version")["run_id"].count().to_dict() == {1: len(v1_ids), 2: len(v1_ids)}
+    status = format_status(store.root)
+    assert "spec version 2" in status
+    assert [line.rsplit(" ", 1)[-1] for line in status.splitlines()[3:]] == ["v1"] * len(v1_ids) + ["v2"] * len(v1_ids)
     assert set(runs.loc[runs["spec_version"] == 2, "lr"]) == {0.02}
     assert launched(tmp_path / "results", spec_path).run_ids() == ids  # relaunching version 1 (to resume it)
     assert [v["version"] for v in store.spec_versions()] == [1, 2]
