@@ -44,6 +44,7 @@ from analysis.powerlaw import (
 )
 from analysis.result import (
     LOSS_EXPONENT,
+    MAX_SPAN_RATIO,
     MIN_RESAMPLE_UNITS,
     Interval,
     interval_from_draws,
@@ -575,9 +576,12 @@ def fit_isoflop(df: pd.DataFrame, *, window: float | None = None, n_boot: int = 
         frontier, model_error["L_frontier"] = _frontier(logC, L_est, L_draws, label, frontier_reason, rng)
     fields = allocation_fields(laws["N"], laws["D"], laws["L"])
     unreliable = fields.pop("unreliable")
-    for pr in profiles:
-        if pr.flags:
-            unreliable[f"budget {pr.budget:.4g}"] = "flagged " + ", ".join(pr.flags) + "; not used in the laws"
+    table = _budget_table(profiles, label, reason)
+    for r in table.to_dict("records"):
+        if r["flags"]:
+            unreliable[f"budget {r['budget']:.4g}"] = "flagged " + ", ".join(r["flags"]) + "; not used in the laws"
+        elif not r["N_opt_reason"] and r["N_opt_hi"] / r["N_opt_lo"] > MAX_SPAN_RATIO:
+            unreliable[f"budget {r['budget']:.4g}"] = f"N_opt interval spans {r['N_opt_hi'] / r['N_opt_lo']:.3g}x"
     diagnostics = {"n_budgets": len(profiles), "n_used": len(used), "n_runs": len(df),
                    "n_points": len(points),
                    "window": "all points" if window is None else f"{window} decades of N",
@@ -592,7 +596,7 @@ def fit_isoflop(df: pd.DataFrame, *, window: float | None = None, n_boot: int = 
         ok = np.isfinite(np.column_stack(list(fields["draws"].values()))).all(axis=1)
         diagnostics["n_ok"], diagnostics["n_total"] = int(ok.sum()), int(ok.size)
     return IsoflopFit(**fields, unreliable=unreliable, diagnostics=diagnostics, noise=noise.to_dict(),
-                      name="isoFLOP (approach 2)", budgets=_budget_table(profiles, label, reason),
+                      name="isoFLOP (approach 2)", budgets=table,
                       L_frontier=frontier)
 
 
