@@ -190,9 +190,7 @@ def synthetic_runs(budgets=(1e15, 3e15, 1e16, 3e16, 1e17), *, law: dict | None =
 
 def true_optimal_n(C, law: dict | None = None, k: float = 6.0):
     """Compute-optimal N of the law (default CHINCHILLA_LAW) under C = k N D."""
-    p = {**CHINCHILLA_LAW, **(law or {})}
-    G = (p["alpha"] * p["A"] / (p["beta"] * p["B"])) ** (1 / (p["alpha"] + p["beta"]))
-    return G * (np.asarray(C, dtype=float) / k) ** (p["beta"] / (p["alpha"] + p["beta"]))
+    return Surface(**{**CHINCHILLA_LAW, **(law or {})}, k=k).optimum(C)["N_opt"]
 
 
 # ---------------------------------------------------------------- calibration: coverage of the fitted intervals
