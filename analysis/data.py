@@ -210,7 +210,7 @@ def _read_csv(path: Path) -> pd.DataFrame:
     if head == b"PAR1":
         raise ConfigError(str(path), "CSV text", "a Parquet file with a .csv name (rename it to .parquet)")
     try:
-        return pd.read_csv(path, encoding="utf-8-sig")
+        return pd.read_csv(path, encoding="utf-8-sig", low_memory=False)  # whole columns typed at once
     except UnicodeDecodeError as e:
         raise ConfigError(str(path), "UTF-8 text (re-save the file as UTF-8)",
                           f"a byte that is not UTF-8 at offset {e.start}") from None
