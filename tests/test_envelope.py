@@ -71,3 +71,18 @@ def test_envelope_errors():
         fit_envelope(m)
     with pytest.raises(ConfigError, match="flops"):
         fit_envelope(curves().drop(columns=["flops"]))
+
+
+def test_envelope_round_trips_through_json():
+    from analysis.envelope import EnvelopeFit
+    from analysis.result import FitResult
+
+    fit = fit_envelope(curves(noise=0.001, seed=2), n_boot=40, seed=2)
+    back = FitResult.from_dict(json.loads(json.dumps(fit.to_dict(), allow_nan=False)))
+    assert isinstance(back, EnvelopeFit) and back.kind == "envelope"
+    C = np.array([1e20, 1e22])
+    for key, value in fit.predict(C).items():
+        np.testing.assert_allclose(back.predict(C)[key], value, rtol=1e-12)
+        np.testing.assert_allclose(back.predict_samples(C)[key], fit.predict_samples(C)[key], rtol=1e-12)
+    assert back.intervals["a"] == fit.intervals["a"]
+    pd.testing.assert_frame_equal(back.frontier, fit.frontier, check_dtype=False)
