@@ -88,6 +88,22 @@ def _positive(df: pd.DataFrame, col: str) -> np.ndarray:
     return vals
 
 
+def _batch_sizes(df: pd.DataFrame) -> np.ndarray:
+    """Batch sizes [tokens]: positive, or missing (NaN: a run whose batch size is unknown)."""
+    vals = pd.to_numeric(df["batch_size"], errors="coerce").to_numpy(float)
+    given = df["batch_size"].notna().to_numpy()
+    bad = given & ~(np.isfinite(vals) & (vals > 0))
+    if bad.any():
+        raise ConfigError("hyperparams: column batch_size", "positive finite batch sizes in tokens (or empty)",
+                          f"{int(bad.sum())} bad rows")
+    return vals
+
+
+def _same_batch(batch: np.ndarray, size: float) -> np.ndarray:
+    """Runs at one batch size (NaN: the runs whose batch size is unknown)."""
+    return np.isnan(batch) if math.isnan(size) else batch == size
+
+
 def _prepare(df: pd.DataFrame) -> pd.DataFrame:
     """Validated runs: cell, N, D, C, budget, lr, batch_size (tokens, NaN when absent), loss."""
     missing = [c for c in ("N", "D", "lr", "loss") if c not in df.columns]
@@ -95,7 +111,7 @@ def _prepare(df: pd.DataFrame) -> pd.DataFrame:
         raise ConfigError("hyperparams: columns", f"columns {missing} (a cell is an (N, D) pair); "
                           f"available: {list(df.columns)}")
     out = pd.DataFrame({c: _positive(df, c) for c in ("N", "D", "lr", "loss")})
-    out["batch_size"] = _positive(df, "batch_size") if "batch_size" in df.columns else np.nan
+    out["batch_size"] = _batch_sizes(df) if "batch_size" in df.columns else np.nan
     out["C"] = _positive(df, "C") if "C" in df.columns else 6.0 * out["N"] * out["D"]
     out["budget"] = _positive(df, "budget") if "budget" in df.columns else np.nan
     out["cell"] = cell_ids(out)
@@ -256,14 +272,14 @@ def _scanned_points(lr: np.ndarray, batch: np.ndarray, loss: np.ndarray) -> tupl
     if np.isnan(batch).all():
         return everything, False, math.nan
     sizes = np.unique(batch)
-    if sizes.size >= MIN_SCAN and lr.size >= 6:
+    if sizes.size >= MIN_SCAN and lr.size >= 6 and np.isfinite(batch).all():
         u, v = np.log10(lr), np.log10(batch)
         if np.linalg.matrix_rank(_design(u - u.mean(), v - v.mean())) == 6:
             return everything, True, math.nan
-    n_lr = np.array([np.unique(lr[batch == b]).size for b in sizes])
-    best = np.array([loss[batch == b].min() for b in sizes])
+    n_lr = np.array([np.unique(lr[_same_batch(batch, b)]).size for b in sizes])
+    best = np.array([loss[_same_batch(batch, b)].min() for b in sizes])
     pick = float(sizes[np.lexsort((best, -n_lr))[0]])
-    return batch == pick, False, pick
+    return _same_batch(batch, pick), False, pick
 
 
 def _build_cells(points: pd.DataFrame) -> tuple[list[_Cell], dict[int, str]]:
@@ -317,7 +333,7 @@ def _locate(cells: list[_Cell], runs: pd.DataFrame, noise: NoiseEstimate, n_boot
             cell.reason = NO_DRAWS
             continue
         keep = slice(start, stop)
-        mine = batch[keep] == cell.batch if not cell.two_d and np.isfinite(cell.batch) else np.ones(stop - start, bool)
+        mine = np.ones(stop - start, bool) if cell.two_d else _same_batch(batch[keep], cell.batch)
         use_runs = cell_bootstrap == "runs" or (cell_bootstrap == "auto" and mine.sum() >= RUN_BOOTSTRAP_MIN_RUNS)
         if use_runs:
             cell.u_draws, cell.v_draws = _run_bootstrap(cell, lr[keep][mine], batch[keep][mine], loss[keep][mine],

@@ -163,6 +163,13 @@ def test_cells_without_kind_are_the_same():
     assert (scanned["n_lr"] == 7).all()
     # every size at a budget is its own cell: same C, different (N, D)
     assert without.cells.groupby("budget").size().eq(3).all()
+    # runs whose batch size is unknown (empty) are kept, as their own batch size
+    runs.loc[runs["kind"] == "isoflop", "batch_size"] = np.nan
+    unknown_batch = fit_hyperparams(runs.drop(columns="kind"), n_boot=100, seed=1)
+    assert unknown_batch.params == without.params
+    runs.loc[0, "batch_size"] = -5.0
+    with pytest.raises(ConfigError, match="batch_size"):
+        fit_hyperparams(runs, n_boot=0)
 
 
 def test_cells_are_n_d_pairs_not_c_groups():
