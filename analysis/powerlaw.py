@@ -9,8 +9,10 @@ Uncertainty, chosen by `bootstrap`:
   when the residuals scatter more than sigma says), or, without sigma, Gaussian with the residual standard deviation
   drawn per resample from its scaled chi-square law (which gives Student-t intervals at few points), or the
   leverage-corrected residuals resampled (residuals="resample").
-- "auto" (default): "points" when there are at least MIN_RESAMPLE_UNITS distinct x and no sigma, else "residual";
-  also "residual" when fewer than 90% of the point resamples succeed. The method used is in every Interval.
+- "auto" (default): "points" when there are at least POINTS_BOOTSTRAP_MIN_UNITS distinct x and no sigma, else
+  "residual"; also "residual" when fewer than 90% of the point resamples succeed. The method used is in every
+  Interval. (Measured on y = 0.1 x^0.5 with 5% log noise, 300 data sets each: nominal 95% exponent intervals from
+  resampling points covered 0.89-0.91 at 5-12 points and 0.895 at 20; the Gaussian residual bootstrap 0.93-0.95.)
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ from analysis.result import (
     DEFAULT_LEVEL,
     LOSS_EXPONENT,
     MIN_OK_FRACTION,
-    MIN_RESAMPLE_UNITS,
     FitResult,
     Interval,
     Plausible,
@@ -40,6 +41,7 @@ from analysis.result import (
 from scaling.errors import ConfigError
 
 BOOTSTRAP_METHODS = ("auto", "points", "residual")
+POINTS_BOOTSTRAP_MIN_UNITS = 20  # "auto" resamples points only from this many distinct x (module docstring)
 RESIDUAL_NOISE = ("gaussian", "resample")
 _STRATUM_DRAWS = 1 << 24  # random draws held at once per stratum in bootstrap_counts (bounds its memory)
 
@@ -329,8 +331,9 @@ def _first_method(bootstrap: str, sigma, n_units: int, what: str) -> tuple[str, 
         return bootstrap, ""
     if sigma is not None:
         return "residual", "per-point sigma given: residual bootstrap with that noise"
-    if n_units < MIN_RESAMPLE_UNITS:
-        return "residual", f"only {n_units} distinct {what} (< {MIN_RESAMPLE_UNITS}) to resample"
+    if n_units < POINTS_BOOTSTRAP_MIN_UNITS:
+        return "residual", (f"{n_units} distinct {what} (< {POINTS_BOOTSTRAP_MIN_UNITS}): resampling them "
+                            "under-covers, residual bootstrap")
     return "points", ""
 
 

@@ -141,7 +141,7 @@ def test_two_points_give_an_undetermined_interval_not_a_point():
     for name in ("coef", "exponent"):
         iv = fit.intervals[name]
         assert not iv.determined and "no residual degrees of freedom" in iv.reason
-    assert fit.diagnostics["bootstrap_fallback"].startswith("only 2 distinct x")
+    assert fit.diagnostics["bootstrap_fallback"].startswith("2 distinct x")
     # with a known noise per point the same two points do have an interval, from the simulated noise
     known = fit_power_law([1e18, 1e19], [2.0e9, 7.0e9], sigma=[0.05, 0.05], n_boot=500)
     iv = known.intervals["exponent"]
@@ -241,3 +241,11 @@ def test_saturating_with_four_points_uses_the_residual_bootstrap():
     known = fit_saturating(*_saturating_data(0.003, n=8), sigma=0.003, n_boot=200)
     assert known.noise["source"] == "given" and known.intervals["gamma"].method == "bootstrap:residual"
     assert known.intervals["gamma"].contains(0.2) and known.intervals["E"].contains(1.8)
+
+
+def test_auto_resamples_points_only_when_there_are_many():
+    for n, method in ((10, "bootstrap:residual"), (25, "bootstrap:points")):
+        x = np.geomspace(1e18, 1e21, n)
+        y = 0.1 * x ** 0.5 * np.exp(np.random.default_rng(n).normal(0, 0.05, n))
+        assert fit_power_law(x, y, n_boot=100).intervals["exponent"].method == method
+    assert fit_power_law(x, y, n_boot=100, unit="budgets").intervals["exponent"].method == "bootstrap:budgets"
