@@ -439,7 +439,8 @@ def _add_shape(rec: Recommendation, report: FitReport, *, family, seq_len, vocab
     rec.params["N_shape"] = float(params_for_shape(point, ladder_count))
     rec.model = {key: getattr(point, key) for key in ("family", "n_layer", "d_model", "n_heads", "n_kv_heads",
                                                        "d_ff", "seq_len", "vocab_size")}
-    rec.sources["shape"] = f"scaling.ladder.shape_for_params(N, count={ladder_count!r}, {ladder})"
+    rec.sources["shape"] = f"shape ladder at N ({ladder_count} params" + "".join(
+        f", {k} {v}" for k, v in ladder.items()) + ")"
 
 
 # ---------------------------------------------------------------- warnings

@@ -360,23 +360,19 @@ def _fmt(v, digits: int = 4) -> str:
     return str(v)
 
 
-def _param_rows(fit: FitResult, prefix: str = "") -> list[str]:
+def _param_rows(fit: FitResult) -> list[str]:
     """'| name | estimate | 95% interval (n_ok/n_total) | note |' rows of a result's params and intervals."""
     rows = []
     for name in list(fit.params) + [n for n in fit.intervals if n not in fit.params]:
         note = f"**UNRELIABLE**: {fit.unreliable[name]}" if name in fit.unreliable else ""
-        rows.append(f"| {prefix}{name} | {_fmt(fit.params.get(name))} | {describe(fit.intervals.get(name))} | {note} |")
+        rows.append(f"| {name} | {_fmt(fit.params.get(name))} | {describe(fit.intervals.get(name))} | {note} |")
     return rows
 
 
 def _result_md(fit: FitResult) -> list[str]:
-    """A law's parameter table (its member laws' too), its noise model and its full summary (per-budget tables)."""
+    """A law's parameter table, its noise model and its full summary (per-budget tables, member laws)."""
     lines = ["| parameter | estimate | 95% interval (resamples ok/total) | note |", "|---|---|---|---|"]
-    lines += _param_rows(fit)
-    for member in ("N_opt", "D_opt", "L_opt", "lr_opt", "batch_opt"):
-        sub = getattr(fit, member, None)
-        if isinstance(sub, FitResult):
-            lines += _param_rows(sub, f"{member}.")
+    lines += _param_rows(fit)  # member laws (N_opt, lr_opt, ...) appear here under their parent's names
     lines += [f"| {name} | – | – | **UNRELIABLE**: {why} |" for name, why in fit.unreliable.items()
               if name not in fit.params and name not in fit.intervals]
     lines.append("")
