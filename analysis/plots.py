@@ -123,6 +123,15 @@ def _clip_linear(ax, axis: str, *arrays, margin: float = LINEAR_MARGIN) -> None:
         getattr(ax, f"set_{axis}lim")(values.min() - pad, values.max() + pad)
 
 
+def _near(values, reference, factor: float = 10.0) -> np.ndarray:
+    """The positive values within `factor` of the reference's range: interval ends that may set an axis (a wider
+    one is drawn but clipped)."""
+    v, ref = np.asarray(values, dtype=float), _finite_positive(reference)
+    if not ref.size:
+        return np.empty(0)
+    return v[np.isfinite(v) & (v >= ref.min() / factor) & (v <= ref.max() * factor)]
+
+
 def _c_range(report: FitReport, target: float | None) -> tuple[np.ndarray, float]:
     """200 compute values from below the smallest budget to beyond the target, and the largest fitted budget."""
     budgets = report.meta["budgets"]
@@ -542,7 +551,8 @@ def plot_backtest(fit) -> Figure | None:
             ax.annotate(f"{100 * p['rel_error']:+.1f}%", (c, p["predicted"]), textcoords="offset points",
                         xytext=(8, 0), fontsize=8)
         _log_axes(ax, "x")
-        _clip_linear(ax, "y", pred, measured, margin=0.5)
+        ends = [e for j in with_iv for e in preds[j]["interval"]]
+        _clip_linear(ax, "y", pred, measured, _near(ends, np.concatenate([pred, measured])), margin=0.1)
         ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 4))
         ax.set_xlabel(f"held-out budget C (FLOPs; {_convention(report)})")
         ax.set_ylabel(units[q])

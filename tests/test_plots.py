@@ -97,3 +97,15 @@ def test_backtest_figure_without_intervals_draws_no_error_bars():
     fig = plots.plot_backtest(rep)
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert "predicted (no interval)" in labels and "predicted (95%)" not in labels
+
+
+def test_backtest_axes_show_a_reasonable_interval_and_clip_an_absurd_one(report):
+    fig = plots.plot_backtest(report)
+    (row,) = report.backtest.held_out()
+    iv = row["predictions"]["N_opt"]["interval"]
+    lo, hi = fig.axes[1].get_ylim()
+    assert lo <= iv.lo and iv.hi <= hi  # the whole error bar is visible
+    d = json.loads(json.dumps(report.to_dict()))
+    d["backtest"]["table"][0].update(N_opt_lo=1e-30, N_opt_hi=1e30)
+    lo, hi = plots.plot_backtest(FitReport.from_dict(d)).axes[1].get_ylim()
+    assert lo > -1e9 and hi < 1e9  # an interval out to 1e30 is drawn, clipped, not the axis
