@@ -17,7 +17,7 @@ import pandas as pd
 
 from analysis.backtest import BacktestResult
 from analysis.data import PARAM_COUNTS
-from analysis.result import SCHEMA_VERSION, FitResult, json_safe
+from analysis.result import SCHEMA_VERSION, FitResult, Interval, json_safe
 from scaling.errors import ConfigError
 
 LAW_KINDS = {  # fit.json member -> the `kind` of its result class (FitResult.from_dict dispatches on it)
@@ -59,8 +59,13 @@ class FitReport:
         if self.backtest is not None:
             lines.append(self.backtest.summary())
         if self.convention_sensitivity is not None:
+            table = self.convention_sensitivity
+            shown = table.drop(columns=[c for c in ("a_lo", "a_hi", "a_n_ok", "a_n_total", "a_reason") if c in table])
+            if "a_reason" in table:
+                shown.insert(shown.columns.get_loc("a") + 1, "a 95% interval",
+                             [sensitivity_interval(r).describe() for r in table.to_dict("records")])
             lines.append("convention sensitivity (approach 2 refit per FLOP/parameter convention):")
-            lines.append(self.convention_sensitivity.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+            lines.append(shown.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
         lines += [f"skipped {law}: {why}" for law, why in self.skipped.items()]
         return "\n".join(lines)
 
@@ -229,6 +234,18 @@ def sensitivity_spread(table: pd.DataFrame) -> dict:
         if col in table and table[col].notna().any():
             out[f"{col}_max_over_min"] = float(table[col].max() / table[col].min())
     return out
+
+
+def sensitivity_interval(row: dict) -> Interval:
+    """The interval of approach 2's exponent a in one convention-sensitivity row (undetermined, with the reason,
+    when that convention's refit failed or had no draws)."""
+    if not isinstance(row.get("a_reason"), str):  # the refit failed: the row has an `error` instead
+        return Interval.undetermined(str(row.get("error") or "not fitted"))
+    ends = [row["a_lo"], row["a_hi"]]
+    if row["a_reason"] or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in ends):
+        return Interval.undetermined(row["a_reason"] or "no interval", n_ok=int(row["a_n_ok"]),
+                                     n_total=int(row["a_n_total"]))
+    return Interval(float(ends[0]), float(ends[1]), int(row["a_n_ok"]), int(row["a_n_total"]), "bootstrap")
 
 
 def _sensitivity_from_dict(value, where: str) -> pd.DataFrame:

@@ -18,7 +18,15 @@ import pandas as pd
 from analysis.backtest import backtest as run_backtest
 from analysis.data import PARAM_COUNTS, load_runs
 from analysis.envelope import fit_envelope
-from analysis.fitreport import LAWS, UNSPECIFIED_COUNT, FitReport, as_report, load_fit, sensitivity_spread
+from analysis.fitreport import (
+    LAWS,
+    UNSPECIFIED_COUNT,
+    FitReport,
+    as_report,
+    load_fit,
+    sensitivity_interval,
+    sensitivity_spread,
+)
 from analysis.hyperparams import fit_hyperparams
 from analysis.isoflop import fit_isoflop
 from analysis.parametric import fit_parametric
@@ -238,6 +246,7 @@ def _convention_sensitivity(df: pd.DataFrame, report: FitReport, n_boot: int, se
             pred = iso.predict(target_conv)
             a_iv = iso.intervals.get("a", Interval.undetermined("no interval"))
             row.update({"a": iso.params["a"], "b": iso.params["b"], "a_lo": a_iv.lo, "a_hi": a_iv.hi,
+                        "a_n_ok": a_iv.n_ok, "a_n_total": a_iv.n_total, "a_reason": a_iv.reason,
                         "N_opt_target": float(np.asarray(pred["N_opt"])),
                         "D_opt_target": float(np.asarray(pred["D_opt"]))})
         except ConfigError as e:
@@ -406,8 +415,7 @@ def _sensitivity_md(table: pd.DataFrame, meta: dict) -> list[str]:
              ("| convention | N counts | k | a [95%] | b | N_opt at target | D_opt at target | a (approach 3) | "
              "N_opt at target (approach 3) |"), "|---|---|---|---|---|---|---|---|---|"]
     for r in table.to_dict("records"):
-        a_range = (f"[{_fmt(r.get('a_lo'))}, {_fmt(r.get('a_hi'))}]" if _finite(r.get("a_lo")) and
-                   _finite(r.get("a_hi")) else "undetermined")
+        a_range = describe(sensitivity_interval(r))
         lines.append(f"| {r['convention']} | {r['N_count']} | {_fmt(r.get('k'))} | {_fmt(r.get('a'))} {a_range} | "
                      f"{_fmt(r.get('b'))} | {_fmt(r.get('N_opt_target'))} | {_fmt(r.get('D_opt_target'))} | "
                      f"{_fmt(r.get('a_param'))} | {_fmt(r.get('N_opt_target_param'))} |")
@@ -417,10 +425,6 @@ def _sensitivity_md(table: pd.DataFrame, meta: dict) -> list[str]:
             f"{k} = {_fmt(v) if not isinstance(v, list) else ' to '.join(map(_fmt, v))}"
             for k, v in spread.items()) + "."]
     return lines + [""]
-
-
-def _finite(v) -> bool:
-    return isinstance(v, (int, float)) and math.isfinite(v)
 
 
 def _recommendation_md(rec: Recommendation | None, rec_error: str | None, target: float) -> list[str]:
