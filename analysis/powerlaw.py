@@ -34,7 +34,6 @@ from analysis.result import (
     FitResult,
     Interval,
     Plausible,
-    format_value,
     intervals_from_draws,
     unreliable_reasons,
 )
@@ -46,8 +45,7 @@ RESIDUAL_NOISE = ("gaussian", "resample")
 _STRATUM_DRAWS = 1 << 24  # random draws held at once per stratum in bootstrap_counts (bounds its memory)
 
 __all__ = ["AllocationFit", "PowerLawFit", "SaturatingFit", "allocation_fields", "bootstrap_counts",
-           "fit_power_law", "fit_saturating", "format_value", "power_law_result", "samples_summary",
-           "simulate_log_noise", "weighted_line"]
+           "fit_power_law", "fit_saturating", "power_law_result", "simulate_log_noise", "weighted_line"]
 
 # ---------------------------------------------------------------- bootstrap counts
 
@@ -82,35 +80,6 @@ def bootstrap_counts(n: int, n_boot: int, seed: int = 0, *, strata=None, groups=
             flat = (np.arange(b1 - b0)[:, None] * m + draws).ravel()
             counts[b0:b1, members] = np.bincount(flat, minlength=(b1 - b0) * m).reshape(b1 - b0, m)
     return counts
-
-
-def samples_summary(samples: np.ndarray | None, names: list[str], method: str = "bootstrap") -> tuple[dict, dict]:
-    """Intervals (Interval by name) and bootstrap standard deviations of each column of an (n_boot x k) array.
-    Kept for callers that still hold draws by column; new code keeps draws by name and calls intervals_from_draws."""
-    if samples is None or len(samples) == 0:
-        return {}, {}
-    draws = dict(zip(names, np.asarray(samples, dtype=float).T))
-    stderr = {k: float(np.nanstd(v, ddof=1)) if np.isfinite(v).sum() > 1 else math.nan for k, v in draws.items()}
-    return intervals_from_draws(draws, method=method), stderr
-
-
-def round_samples(samples, digits: int = 6) -> list:
-    """Samples as nested lists rounded to `digits` significant digits (NaN -> None)."""
-    if samples is None:
-        return []
-    arr = np.asarray(samples, dtype=float)
-    return [[float(f"{v:.{digits}g}") if math.isfinite(v) else None for v in row] for row in arr]
-
-
-def summary_lines(fit: FitResult, header: str, diag_keys=None) -> list[str]:
-    """Header, one line per parameter with its interval (or why it is undetermined), then chosen diagnostics."""
-    lines = [header, *fit.param_lines()]
-    keys = diag_keys if diag_keys is not None else list(fit.diagnostics)
-    for k in keys:
-        v = fit.diagnostics.get(k)
-        if isinstance(v, (int, float, str, bool, np.floating, np.integer)):
-            lines.append(f"  {k}: {format_value(v)}")
-    return lines
 
 
 # ---------------------------------------------------------------- weighted line fits, batched

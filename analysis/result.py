@@ -49,17 +49,6 @@ def json_safe(x):
     return x
 
 
-def percentile_interval(samples, level: float = DEFAULT_LEVEL) -> tuple[float, float]:
-    """Percentile range of the finite samples (NaN, NaN if there are none). Prefer interval_from_draws, which also
-    counts failed draws and refuses degenerate ones."""
-    s = np.asarray(samples, dtype=float)
-    s = s[np.isfinite(s)]
-    if s.size == 0:
-        return (math.nan, math.nan)
-    lo, hi = np.percentile(s, [50 * (1 - level), 50 * (1 + level)])
-    return (float(lo), float(hi))
-
-
 # ---------------------------------------------------------------- intervals
 
 
