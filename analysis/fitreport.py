@@ -185,7 +185,7 @@ def validate_meta(meta, where: str = "meta") -> dict:
         raise ConfigError(where, "a JSON object", type(meta).__name__)
     m = dict(meta)
     for key in ("flop_convention", "k", "n_runs", "n_excluded", "excluded", "budgets", "max_budget", "target_budget",
-                "parameter_count", "runs"):
+                "parameter_count", "runs", "ladder"):
         if key not in m:
             raise ConfigError(f"{where}.{key}", "present (fit.json as written by `scaling fit`)", "missing")
     if not isinstance(m["flop_convention"], str):
@@ -218,7 +218,7 @@ def validate_meta(meta, where: str = "meta") -> dict:
     counts = m.get("excluded_counts", {})
     if not isinstance(counts, dict) or not all(isinstance(v, int) and v >= 0 for v in counts.values()):
         raise ConfigError(f"{where}.excluded_counts", "a JSON object of category -> count", counts)
-    ladder = m.get("ladder", {})
+    ladder = m["ladder"]
     if not isinstance(ladder, dict) or not all(isinstance(v, int) and v > 0 for v in ladder.values()):
         raise ConfigError(f"{where}.ladder", "a JSON object of shape options -> positive integers", ladder)
     return m

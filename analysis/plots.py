@@ -287,9 +287,8 @@ def plot_loss_frontier(fit, target_budget: float | None = None,
     ax = fig.add_subplot()
     _mark_extrapolation(ax, c_max, target)
     ax.scatter(runs["C"], runs["loss"], s=8, color="0.6", alpha=0.6, label="all runs")
-    points = pd.DataFrame((sat.diagnostics.get("points") if sat is not None else None) or [])
-    if points.empty:
-        points = budget_optima(select_size_runs(runs), iso)
+    points = (pd.DataFrame(sat.diagnostics["points"]) if sat is not None
+              else budget_optima(select_size_runs(runs), iso))
     ax.scatter(points["budget"], points["L_opt"], color="k", zorder=3, label="per-budget optimal loss")
     if sat is not None:
         law, label = sat, f"L = {sat.params['E']:.3g} + {sat.params['A']:.3g}·C^-{sat.params['gamma']:.3f}"
@@ -501,7 +500,7 @@ def plot_residuals(fit) -> Figure | None:
         panels.append(("approach 2: ln N_opt − ln law", C,
                        np.log(used["N_opt"].to_numpy(dtype=float) / iso.N_opt.predict(C))))
     sat = report.fits.get("loss_vs_compute")
-    if sat is not None and sat.diagnostics.get("points"):
+    if sat is not None:
         pts = pd.DataFrame(sat.diagnostics["points"])
         C = pts["budget"].to_numpy(dtype=float)
         panels.append(("L(C): ln L_opt − ln fit", C, np.log(pts["L_opt"].to_numpy(dtype=float) / sat.predict(C))))

@@ -410,7 +410,7 @@ def _add_shape(rec: Recommendation, report: FitReport, *, family, seq_len, vocab
         rec.shape_note = f"N = {n:.3g} params is beyond the shape ladder's range (at most {MAX_SHAPE_PARAMS:.0e})"
         return
     ladder_count = count.replace("-", "_")
-    ladder = meta.get("ladder") or {}
+    ladder = meta["ladder"]
 
     def shape(params: float):
         return shape_for_params(max(params, 1.0), family, seq_len=int(seq_len), vocab_size=int(vocab_size),

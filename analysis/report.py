@@ -178,8 +178,8 @@ def _meta(df: pd.DataFrame, excluded: list[dict], target_budget: float | None, n
     meta = {"flop_convention": convention, "k": k, "n_runs": len(df), "n_excluded": len(excluded),
             "excluded": excluded, "budgets": budgets, "max_budget": budgets[-1], "n_boot": int(n_boot),
             "target_budget": float(target_budget) if target_budget else DEFAULT_TARGET_FACTOR * budgets[-1],
-            "parameter_count": _parameter_count(df, convention), "batch_unit": df.attrs.get("batch_unit"),
-            "excluded_counts": dict(df.attrs.get("excluded_counts") or {})}
+            "parameter_count": _parameter_count(df, convention), "batch_unit": df.attrs["batch_unit"],
+            "excluded_counts": dict(df.attrs["excluded_counts"])}
     for key in ("family", "seq_len", "vocab_size"):
         if key in df.columns and df[key].notna().any():
             value = df[key].dropna().mode().iloc[0]
@@ -439,7 +439,7 @@ def _recommendation_md(rec: Recommendation | None, rec_error: str | None, target
         if key not in rec.params:
             continue
         label = rec.label(key)
-        source = rec.sources.get(key) or rec.sources.get("shape", "")
+        source = rec.sources[key] if key in rec.sources else rec.sources["shape"]
         note = f"**UNRELIABLE**: {rec.unreliable[key]}" if key in rec.unreliable else ""
         lines.append(f"| {label} | {_fmt(rec.params[key])} | {describe(rec.intervals.get(key))} | {source} | {note} |")
     if rec.model is None:
