@@ -197,6 +197,7 @@ class _Cell:
     u_opt: float = math.nan
     v_opt: float = math.nan
     lnL_opt: float = math.nan
+    lnL_opt_se: float = math.nan  # sd of lnL_opt in units of sigma (the noise of one run)
     flags: list[str] = field(default_factory=list)
     u_draws: np.ndarray = field(default_factory=lambda: np.empty(0))
     v_draws: np.ndarray = field(default_factory=lambda: np.empty(0))
@@ -219,6 +220,10 @@ class _Cell:
         self.u_opt = float(us + self.center[0])
         self.v_opt = float(vs + self.center[1]) if self.two_d else math.nan
         self.lnL_opt = float(ys)
+        if np.isfinite(self.u_opt):  # var(fitted ln L at the optimum) = sigma^2 x*' (X'WX)^-1 x*
+            x_opt = _design(us[None], None if not self.two_d else vs[None])[0]
+            cov = np.linalg.pinv(X.T @ (X * self.n[:, None]))
+            self.lnL_opt_se = float(np.sqrt(max(x_opt @ cov @ x_opt, 0.0)))
         if not np.isfinite(self.u_opt):
             self.flags.append("not_convex")
         else:
@@ -363,17 +368,18 @@ def _cell_interval(draws: np.ndarray, cell: _Cell) -> Interval:
 # ---------------------------------------------------------------- compute-optimal cells
 
 
-def _budget_optimum_n(x: np.ndarray, y: np.ndarray) -> float:
-    """log10 N of a budget's optimum from its cells' log10 N (x) and best losses (y): the vertex of a parabola when
-    there are >= 3 sizes and the vertex lies among them, else the size with the lowest loss."""
-    best = float(x[np.argmin(y)])
+def _budget_optimum_n(x: np.ndarray, Y: np.ndarray) -> np.ndarray:
+    """log10 N of a budget's optimum from its cells' log10 N (x, m) and losses (Y, draws x m): the vertex of a
+    parabola when there are >= 3 sizes and the vertex lies among them, else the size with the lowest loss."""
+    best = x[np.argmin(Y, axis=1)]
     if np.unique(x).size < 3:
         return best
-    c2, c1, _ = np.polyfit(x - x.mean(), y, 2)
-    if c2 <= 0:
-        return best
-    vertex = x.mean() - c1 / (2 * c2)
-    return float(vertex) if x.min() <= vertex <= x.max() else best
+    xm = x.mean()
+    c2, c1, _ = np.polyfit(x - xm, Y.T, 2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        vertex = xm - c1 / (2 * c2)
+    inside = (c2 > 0) & (vertex >= x.min()) & (vertex <= x.max())
+    return np.where(inside, vertex, best)
 
 
 def _cell_budgets(table: pd.DataFrame) -> np.ndarray:
@@ -385,22 +391,31 @@ def _cell_budgets(table: pd.DataFrame) -> np.ndarray:
     return group_budgets(table["C"].to_numpy(float))
 
 
-def _compute_optimal(table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """Mask of the compute-optimal scanned cell of each budget (nearest in log N to the budget's optimum N, found
-    from every cell at that budget, scanned or not) and each cell's budget optimum log10 N (NaN for budgets without
-    a scanned cell). A cell's best loss is its fitted optimum when located, else its lowest measured loss."""
+def _compute_optimal(table: pd.DataFrame, sigma: float, n_boot: int,
+                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The compute-optimal scanned cell of each budget: nearest in log N to the budget's optimum N, found from every
+    cell at that budget, scanned or not, with each cell's fitted optimal loss (else its lowest measured loss).
+    Returns the mask of those cells, each cell's budget optimum log10 N (NaN for budgets without a scanned cell),
+    and n_boot draws of it (n_boot x cells) from the losses redrawn with the noise model (sigma of ln L)."""
     budget = table["budget_group"].to_numpy(float)
     log_n = np.log10(table["N"].to_numpy(float))
-    best = np.fmin(table["loss_opt"].to_numpy(float), table["best_loss"].to_numpy(float))
+    located = np.isfinite(table["loss_opt"].to_numpy(float))
+    loss = np.log(np.where(located, table["loss_opt"], table["best_loss"]).astype(float))
+    se = np.where(located, table["loss_opt_se_sigma"], table["best_loss_se_sigma"]).astype(float)
+    se = np.where(np.isfinite(se), se, 1.0) * (sigma if math.isfinite(sigma) else 0.0)
     scanned = table["scanned"].to_numpy(bool)
     chosen = np.zeros(len(table), bool)
     log_n_opt = np.full(len(table), np.nan)
+    draws = np.full((n_boot, len(table)), np.nan)
     for b in np.unique(budget[scanned]):
         members = np.flatnonzero(budget == b)
         candidates = members[scanned[members]]
-        log_n_opt[members] = _budget_optimum_n(log_n[members], best[members])
+        log_n_opt[members] = _budget_optimum_n(log_n[members], loss[members][None])[0]
         chosen[candidates[int(np.argmin(np.abs(log_n[candidates] - log_n_opt[members[0]])))]] = True
-    return chosen, log_n_opt
+        if n_boot:
+            Y = loss[members][None] + se[members][None] * rng.standard_normal((n_boot, members.size))
+            draws[:, members] = _budget_optimum_n(log_n[members], Y)[:, None]
+    return chosen, log_n_opt, draws
 
 
 @dataclass
@@ -415,12 +430,14 @@ class _LawPoints:
 
 
 def _budget_law_points(table: pd.DataFrame, usable: np.ndarray, by_index: dict[int, _Cell], what: str,
-                       n_boot: int) -> tuple[_LawPoints, np.ndarray]:
+                       target_draws: np.ndarray) -> tuple[_LawPoints, np.ndarray]:
     """Per budget, the optimum at the budget's optimum N: its compute-optimal cell, interpolated linearly in log N
     towards the nearest usable cell on the other side of the optimum N when there is one (at fixed C, D ~ 1/N, so
     log lr* is linear in log N in the Step-Law form; the nearest cell alone is off by up to half the grid step).
-    A budget whose compute-optimal cell is not usable (flagged) is left out. Returns the points and the mask of
-    cells they use."""
+    A budget whose compute-optimal cell is not usable (flagged) is left out. Each draw interpolates the cells' draws
+    at that draw's budget optimum (target_draws, n_boot x cells), so the uncertainty of the optimum N counts too.
+    Returns the points and the mask of cells they use."""
+    n_boot = target_draws.shape[0]
     log_n, log_c = np.log10(table["N"].to_numpy(float)), np.log10(table["C"].to_numpy(float))
     budget, target = table["budget_group"].to_numpy(float), table["budget_log10_N_opt"].to_numpy(float)
     y_cell = np.log10(table[f"{what}_opt"].to_numpy(float))
@@ -430,17 +447,20 @@ def _budget_law_points(table: pd.DataFrame, usable: np.ndarray, by_index: dict[i
     for pos in np.flatnonzero(table["compute_optimal"].to_numpy(bool) & usable):
         side = np.sign(target[pos] - log_n[pos])
         other = np.flatnonzero((budget == budget[pos]) & usable & (np.sign(log_n - log_n[pos]) == side) & (side != 0))
-        pair, weights = [pos], np.array([1.0])
+        pair, weights, t_draws = [pos], np.array([1.0]), np.zeros(n_boot)
         if other.size:
             nb = other[np.argmin(np.abs(log_n[other] - log_n[pos]))]
-            t = (target[pos] - log_n[pos]) / (log_n[nb] - log_n[pos])
+            step = log_n[nb] - log_n[pos]
+            t = (target[pos] - log_n[pos]) / step
             pair, weights = [pos, nb], np.array([1 - t, t])
+            t_draws = np.clip((target_draws[:, pos] - log_n[pos]) / step, -0.5, 1.5)  # at most half a step beyond
         used[pair] = True
         members.append([by_index[int(cells[i])] for i in pair])
         xs.append(10 ** float(weights @ log_c[pair]))
         ys.append(float(weights @ y_cell[pair]))
         if n_boot:
-            cols.append(np.stack([c.u_draws if what == "lr" else c.v_draws for c in members[-1]], 1) @ weights)
+            d = np.stack([c.u_draws if what == "lr" else c.v_draws for c in members[-1]], 1)
+            cols.append(d[:, 0] + t_draws * (d[:, -1] - d[:, 0]))
         recs.append({"C": xs[-1], "N_opt": 10 ** float(target[pos]), f"{what}_opt": 10 ** ys[-1],
                      "cells": [int(cells[i]) for i in pair], "weights": [round(float(w), 4) for w in weights]})
     draws = np.stack(cols, 1) if cols else np.empty((0, len(xs)))
@@ -672,6 +692,8 @@ def _cell_table(runs: pd.DataFrame, points: pd.DataFrame, cells: list[_Cell], un
                           "n_lr": by_cell["lr"].nunique().to_numpy(),
                           "n_batch": by_cell["batch_size"].nunique().to_numpy(),
                           "best_loss": points.groupby("cell")["loss"].min().to_numpy()})
+    best_point = points.sort_values("loss").groupby("cell").first()
+    table["best_loss_se_sigma"] = 1.0 / np.sqrt(best_point["n_replicates"].reindex(table["cell"]).to_numpy(float))
     table["budget_group"] = _cell_budgets(table)
     table["scanned"] = table["cell"].isin([c.index for c in cells])
     rows = {c.index: c for c in cells}
@@ -692,6 +714,7 @@ def _cell_table(runs: pd.DataFrame, points: pd.DataFrame, cells: list[_Cell], un
         rec = {"two_d": c.two_d, "lr_opt": 10 ** c.u_opt, "lr_lo": lr_iv.lo, "lr_hi": lr_iv.hi,
                "lr_n_ok": lr_iv.n_ok, "lr_n_total": lr_iv.n_total, "lr_reason": lr_iv.reason,
                "batch_opt": 10 ** c.v_opt if c.two_d else c.batch, "loss_opt": math.exp(c.lnL_opt),
+               "loss_opt_se_sigma": c.lnL_opt_se,
                "flags": flags, "not_scanned": "", "method": c.method, "n_points": int(c.y.size),
                "surface_coef": [float(v) for v in c.coef], "center_log10": [c.center[0], c.center[1]]}
         if c.two_d:
@@ -746,11 +769,14 @@ def _too_few_budgets(table: pd.DataFrame, n_ok: int) -> ConfigError:
                        f"{n_ok} usable of {len(chosen)} budgets; their compute-optimal cells' flags: {flags}")
 
 
-def _laws(table: pd.DataFrame, by_index: dict[int, _Cell], n_boot: int, rng: np.random.Generator) -> tuple[dict, dict]:
-    """The laws across cells ({member: fit or None}) and diagnostics saying which cells each used, or why not."""
+def _laws(table: pd.DataFrame, by_index: dict[int, _Cell], target_draws: np.ndarray,
+          rng: np.random.Generator) -> tuple[dict, dict]:
+    """The laws across cells ({member: fit or None}) and diagnostics saying which cells each used, or why not.
+    target_draws: draws of each cell's budget optimum log10 N (n_boot x cells)."""
+    n_boot = target_draws.shape[0]
     lr_ok = (table["scanned"] & _flag_mask(table, LR_FLAGS)).to_numpy(bool)
     b_ok = (table["scanned"] & table["two_d"].astype(bool) & _flag_mask(table, BATCH_FLAGS)).to_numpy(bool)
-    lr_points, table["used_lr_C"] = _budget_law_points(table, lr_ok, by_index, "lr", n_boot)
+    lr_points, table["used_lr_C"] = _budget_law_points(table, lr_ok, by_index, "lr", target_draws)
     if np.unique(lr_points.x).size < MIN_LAW_CELLS:
         raise _too_few_budgets(table, np.unique(lr_points.x).size)
 
@@ -762,7 +788,7 @@ def _laws(table: pd.DataFrame, by_index: dict[int, _Cell], n_boot: int, rng: np.
 
     laws = {"lr_opt": power(lr_points, "lr_opt(C)", "C [FLOPs]", "lr_opt"), "batch_opt": None, "batch_D": None,
             "steplaw": None}
-    b_points, table["used_batch_C"] = _budget_law_points(table, b_ok, by_index, "batch", n_boot)
+    b_points, table["used_batch_C"] = _budget_law_points(table, b_ok, by_index, "batch", target_draws)
     diag = {"n_used_lr": len(lr_points.x), "lr_law_points": lr_points.records, "n_used_batch": len(b_points.x)}
     if np.unique(b_points.x).size >= MIN_LAW_CELLS:
         laws["batch_opt"] = power(b_points, "B_opt(C)", "C [FLOPs]", "B_opt [tokens]")
@@ -815,8 +841,9 @@ def fit_hyperparams(df: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0, cell
     rng = np.random.default_rng(seed)
     _locate(cells, runs, boot_noise, int(n_boot), cell_bootstrap, rng)
     table = _cell_table(runs, points, cells, unscanned)
-    table["compute_optimal"], table["budget_log10_N_opt"] = _compute_optimal(table)
-    laws, law_diag = _laws(table, {c.index: c for c in cells}, int(n_boot), rng)
+    table["compute_optimal"], table["budget_log10_N_opt"], target_draws = _compute_optimal(
+        table, boot_noise.sigma, int(n_boot), rng)
+    laws, law_diag = _laws(table, {c.index: c for c in cells}, target_draws, rng)
     params, draws, intervals, unreliable = {}, {}, {}, {}
     for member, law in laws.items():
         if law is None:
