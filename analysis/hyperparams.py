@@ -58,6 +58,8 @@ NO_DRAWS = "no resamples (n_boot = 0)"
 FLAGS = ("edge_lr", "edge_batch", "not_convex", "lr_undetermined", "batch_undetermined")
 LR_FLAGS = frozenset({"edge_lr", "not_convex", "lr_undetermined"})  # any of these keeps a cell out of the lr laws
 BATCH_FLAGS = frozenset({"edge_batch", "not_convex", "batch_undetermined"})
+NUMERIC_CELL_COLUMNS = ("N", "D", "C", "budget", "best_loss", "best_loss_se_sigma", "budget_log10_N_opt", "lr_opt",
+                        "lr_lo", "lr_hi", "batch_opt", "batch_lo", "batch_hi", "loss_opt", "loss_opt_se_sigma")
 
 
 # ---------------------------------------------------------------- cells
@@ -621,6 +623,9 @@ class HyperparamFit(FitResult):
         if missing:
             raise ConfigError("hyperparams.cells", f"a per-cell table with columns {list(cls.cell_columns)}",
                               f"missing {missing}")
+        for table, columns in ((fit.cells, NUMERIC_CELL_COLUMNS), (fit.points, ("lr", "batch_size", "loss_mean"))):
+            for col in set(columns) & set(table.columns):  # JSON null (NaN) comes back as None
+                table[col] = pd.to_numeric(table[col], errors="coerce").astype(float)
         return fit
 
     def predict(self, C) -> dict:

@@ -213,10 +213,13 @@ def test_small_cells_use_the_residual_bootstrap_and_failures_are_counted():
 
 
 def test_without_resamples_intervals_are_undetermined():
-    fit = fit_hyperparams(scan_sweep(seed=7), n_boot=0)
+    fit = fit_hyperparams(scan_sweep(seed=7).drop(columns="batch_size"), n_boot=0)
     assert all(not iv.determined and "n_boot = 0" in iv.reason for iv in fit.intervals.values())
     assert "undetermined" in fit.summary()
     assert fit.cells["lr_lo"].isna().all()
+    back = FitResult.from_dict(json.loads(json.dumps(fit.to_dict())))  # all-null columns come back as NaN
+    assert back.cells["lr_lo"].isna().all() and back.summary() == fit.summary()
+    assert len(plot_hyperparams(back).axes) == 2
 
 
 def test_round_trip_through_json():
