@@ -24,7 +24,8 @@ Step-Law form; the nearest cell alone is off by up to half a grid step, which bi
 out of its interval in simulations). When sizes vary, the Step-Law form lr(N, D) = c N^p D^q is fitted over every
 usable cell; likewise B_opt(C) and B(D) when a batch grid exists. These regressions weigh each point by its
 precision (its bootstrap variance) plus a between-cell scatter term (random effects, estimated by moments), so a law
-the cells do not follow gets wider intervals; each draw regresses the cells' bootstrap optima.
+the cells do not follow gets wider intervals; each draw regresses the cells' bootstrap optima, interpolated at that
+draw's budget optimum N (redrawn from the cells' optimal losses with the noise model).
 """
 
 from __future__ import annotations
