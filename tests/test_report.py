@@ -163,6 +163,7 @@ def test_bad_law_names_and_drop_highest_loss():
     assert all(e["status"] == "dropped" for e in rep.meta["excluded"])
 
 
+@pytest.mark.slow  # draws and saves all seven figures (PNG and SVG)
 def test_write_report_figure_and_table_agree_on_the_expected_loss(report, tmp_path, monkeypatch):
     drawn = {}
     save = plots.save_figure
