@@ -5,7 +5,7 @@
 
 Each table is drawn from a known surface (analysis.simulate.Surface): `rows / checkpoints` runs spread over 8 FLOP
 budgets (model sizes log-spaced +-0.6 decades around each budget's optimum), each run logged at `checkpoints`
-steps (run_id, step, N, D = tokens so far, loss), the way a W&B history export arrives. `analysis.load_runs` turns
+steps (run_id, step, N, D = tokens so far, loss; no C column), the way a W&B history export arrives. `analysis.load_runs` turns
 the checkpoints of a run into one row (its last) and keeps the curves in df.attrs["metrics"]. Every size runs in
 a fresh Python process (`scaling fit FILE --law LAW --no-backtest --json OUT`), so the peak resident memory
 (getrusage ru_maxrss of that process) is its own. Also prints each size's time relative to the smallest, which is
@@ -44,7 +44,8 @@ print(json.dumps({"rc": rc, "seconds": time.perf_counter() - t0,
 
 
 def checkpoint_table(n_rows: int, checkpoints: int, seed: int = 0) -> pd.DataFrame:
-    """A per-checkpoint table of about n_rows rows: run_id, step, N, D (tokens so far), C (the run's budget), loss."""
+    """A per-checkpoint table of about n_rows rows: run_id, step, N, D (tokens so far), loss. No C column: the
+    loader derives C = 6 N D, which at a run's last checkpoint is its budget."""
     s = Surface()
     rng = np.random.default_rng(seed)
     n_runs = max(N_BUDGETS * 3, n_rows // checkpoints)
@@ -60,7 +61,7 @@ def checkpoint_table(n_rows: int, checkpoints: int, seed: int = 0) -> pd.DataFra
     D = D_final[run] * step / checkpoints
     loss = s.loss(N[run], D) * np.exp(0.004 * rng.standard_normal(run.size))
     return pd.DataFrame({"run_id": np.char.add("r", run.astype(str)), "step": step, "N": N[run], "D": D,
-                         "C": run_budget[run], "loss": loss})
+                         "loss": loss})
 
 
 def measure(path: Path, law: str, out: Path) -> dict:
