@@ -144,7 +144,6 @@ def test_parse_columns():
         parse_columns(["=x"])
 
 
-@pytest.mark.skipif(not CHINCHILLA.exists(), reason="../shared/data/chinchilla_epoch.csv not present")
 def test_chinchilla_csv_with_column_mapping(tmp_path):
     out = tmp_path / "chinchilla.json"
     rc = main(["fit", str(CHINCHILLA), "--columns", 'N="Model Size",C="Training FLOP"', "--law", "parametric",
