@@ -455,8 +455,8 @@ def _frontier(logC: np.ndarray, L: np.ndarray, L_draws: np.ndarray | None, metho
     the model-error term when the optima scatter about the curve more than their draws explain); and that term."""
     theta = saturating_batch(logC, L[None, :])[0]
     params = {"E": float(theta[0]), "A": float(theta[1]), "gamma": float(theta[2])}
-    resid = np.log(L) - np.log(params["E"] + params["A"] * (10 ** logC) ** -params["gamma"])
-    diagnostics = {"n_points": int(L.size), "rmse_log": float(np.sqrt(np.mean(resid ** 2))),
+    resid = np.log10(L) - np.log10(params["E"] + params["A"] * (10 ** logC) ** -params["gamma"])
+    diagnostics = {"n_points": int(L.size), "rmse_log10": float(np.sqrt(np.mean(resid ** 2))),
                    "C_min": float(10 ** logC.min()), "C_max": float(10 ** logC.max()),
                    "E_at_bound": bool(theta[0] <= 1e-9 * L.min())}
     extra = 0.0
@@ -466,10 +466,10 @@ def _frontier(logC: np.ndarray, L: np.ndarray, L_draws: np.ndarray | None, metho
         return SaturatingFit(params=params, intervals=intervals, diagnostics=diagnostics,
                              name="loss frontier (isoFLOP optima)"), extra
     with np.errstate(invalid="ignore", divide="ignore"):
-        log_draws = np.log(L_draws)
+        log_draws = np.log10(L_draws)
     extra = _excess_variance(resid, L.size - 3, log_draws)
     log_draws = _with_model_error(log_draws, extra, rng)
-    t = saturating_batch(logC, np.exp(log_draws))
+    t = saturating_batch(logC, 10 ** log_draws)
     ok = np.isfinite(t).all(axis=1)
     draws = {k: np.where(ok, t[:, j], np.nan) for j, k in enumerate(("E", "A", "gamma"))}
     intervals = {k: interval_from_draws(v, method=method) for k, v in draws.items()}
@@ -503,6 +503,49 @@ def _budget_table(profiles: list[BudgetProfile], method: str, reason: str) -> pd
                    D_fit_min=float(10 ** fitted[1].min()), D_fit_max=float(10 ** fitted[1].max()))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _law_draws(profiles, used, logC, est, method, reason, noise, n_boot, rng):
+    """The laws' inputs per draw: (boot, logC_draws, L_draws, model_error).
+
+    boot: key (N, D, L) -> (n_boot x n_used) log10 optima per draw, None without draws; with the residual or runs
+    bootstrap they are the budgets' own vertex draws plus the law-level model-error term (model_error, log10), and
+    L_draws are the raw vertex losses for the frontier; with the budgets bootstrap the optima of resampled budgets
+    at logC_draws (a draw with fewer than 2 distinct budgets fails)."""
+    boot: dict = {key: None for key in est}
+    logC_draws = L_draws = None
+    model_error: dict[str, float] = {}
+    if reason:
+        return boot, logC_draws, L_draws, model_error
+    if method in ("residual", "runs"):
+        _budget_draws(profiles, method, noise, n_boot, rng)
+        boot = {"N": np.stack([pr.draws["logN"] for pr in used], 1), "D": np.stack([pr.draws["logD"] for pr in used], 1)}
+        L_draws = np.stack([pr.draws["L"] for pr in used], 1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            boot["L"] = np.log10(L_draws)
+        for key in ("N", "D", "L"):
+            i0, s0 = weighted_line(logC, est[key], np.ones(logC.size))
+            extra = _excess_variance(est[key] - i0 - s0 * logC, logC.size - 2, boot[key])
+            model_error[key] = math.sqrt(extra)
+            boot[key] = _with_model_error(boot[key], extra, rng)
+    else:
+        picks = rng.integers(0, len(used), size=(n_boot, len(used)))
+        distinct = (np.diff(np.sort(picks, axis=1), axis=1) > 0).sum(1) + 1
+        logC_draws = logC[picks]
+        boot = {key: np.where(distinct[:, None] >= 2, v[picks], np.nan) for key, v in est.items()}
+    return boot, logC_draws, L_draws, model_error
+
+
+def _budget_unreliable(table: pd.DataFrame) -> dict[str, str]:
+    """Unreliable marks of the budgets: flagged ones (not used in the laws), and used ones whose N_opt interval
+    spans more than MAX_SPAN_RATIO."""
+    out = {}
+    for r in table.to_dict("records"):
+        if r["flags"]:
+            out[f"budget {r['budget']:.4g}"] = "flagged " + ", ".join(r["flags"]) + "; not used in the laws"
+        elif not r["N_opt_reason"] and r["N_opt_hi"] / r["N_opt_lo"] > MAX_SPAN_RATIO:
+            out[f"budget {r['budget']:.4g}"] = f"N_opt interval spans {r['N_opt_hi'] / r['N_opt_lo']:.3g}x"
+    return out
 
 
 def fit_isoflop(df: pd.DataFrame, *, window: float | None = None, n_boot: int = 1000, seed: int = 0,
@@ -548,25 +591,8 @@ def fit_isoflop(df: pd.DataFrame, *, window: float | None = None, n_boot: int = 
     L_est = np.array([pr.vertex_N[1] for pr in used])
     est = {"N": np.array([pr.vertex_N[0] for pr in used]), "D": np.array([pr.vertex_D for pr in used]),
            "L": np.log10(L_est)}
-    boot: dict = {key: None for key in est}
-    logC_draws = L_draws = None
-    model_error = {}
-    if not reason and method in ("residual", "runs"):
-        _budget_draws(profiles, method, noise, n_boot, rng)
-        boot = {"N": np.stack([pr.draws["logN"] for pr in used], 1), "D": np.stack([pr.draws["logD"] for pr in used], 1)}
-        L_draws = np.stack([pr.draws["L"] for pr in used], 1)  # the frontier adds its own model-error term
-        with np.errstate(invalid="ignore", divide="ignore"):
-            boot["L"] = np.log10(L_draws)
-        for key in ("N", "D", "L"):
-            i0, s0 = weighted_line(logC, est[key], np.ones(logC.size))
-            extra = _excess_variance(est[key] - i0 - s0 * logC, logC.size - 2, boot[key])
-            model_error[key] = math.sqrt(extra)
-            boot[key] = _with_model_error(boot[key], extra, rng)
-    elif not reason and method == "budgets":
-        picks = rng.integers(0, len(used), size=(n_boot, len(used)))
-        distinct = (np.diff(np.sort(picks, axis=1), axis=1) > 0).sum(1) + 1
-        logC_draws = logC[picks]
-        boot = {key: np.where(distinct[:, None] >= 2, v[picks], np.nan) for key, v in est.items()}
+    boot, logC_draws, L_draws, model_error = _law_draws(profiles, used, logC, est, method, reason, noise, n_boot,
+                                                        rng)
     labels = {"N": ("N_opt(C)", "N_opt [params]"), "D": ("D_opt(C)", "D_opt [tokens]"), "L": ("L_opt(C)", "L_opt")}
     laws = {key: _line_law(logC, est[key], boot[key], logC_draws, label, reason, *labels[key]) for key in est}
     frontier = None
@@ -577,11 +603,7 @@ def fit_isoflop(df: pd.DataFrame, *, window: float | None = None, n_boot: int = 
     fields = allocation_fields(laws["N"], laws["D"], laws["L"])
     unreliable = fields.pop("unreliable")
     table = _budget_table(profiles, label, reason)
-    for r in table.to_dict("records"):
-        if r["flags"]:
-            unreliable[f"budget {r['budget']:.4g}"] = "flagged " + ", ".join(r["flags"]) + "; not used in the laws"
-        elif not r["N_opt_reason"] and r["N_opt_hi"] / r["N_opt_lo"] > MAX_SPAN_RATIO:
-            unreliable[f"budget {r['budget']:.4g}"] = f"N_opt interval spans {r['N_opt_hi'] / r['N_opt_lo']:.3g}x"
+    unreliable.update(_budget_unreliable(table))
     diagnostics = {"n_budgets": len(profiles), "n_used": len(used), "n_runs": len(df),
                    "n_points": len(points),
                    "window": "all points" if window is None else f"{window} decades of N",
