@@ -69,10 +69,10 @@ from scaling.configfile import (
 from scaling.errors import ConfigError
 from scaling.runconfig import RunConfig
 from scaling.tokenizers import TOKENIZERS
+from sweeps.executors.base import BACKENDS
 
 PRESETS = ("tiny-cpu", "gpu-small", "gpu-llama3")
 HPARAM_MODELS = ("optimum", "all")
-BACKENDS = ("local", "slurm")
 # Keys of [train] that the planner owns: a spec may not pass them through to the trainer.
 PLANNER_TRAIN_KEYS = ("tokens", "flops", "steps", "flop_convention")
 # Groups of keys where at most one member may be set; an override of one member clears the others.
@@ -595,7 +595,7 @@ def validate_resources(spec: SweepSpec, backend: str) -> None:
     SLURM-side checks (partition limits) belong to the SLURM executor.
     """
     if backend not in BACKENDS:
-        raise ConfigError("backend", f"one of {BACKENDS}", backend)
+        raise ConfigError("backend", f"one of {tuple(BACKENDS)}", backend)
     if backend != "local" or spec.resources.gpus == 0:
         return
     import torch
