@@ -187,11 +187,13 @@ def _backtest_rows(bt) -> list[str]:
 
 
 def _ci(fit, name: str) -> str:
-    v = fit.params.get(name, math.nan)
+    """'value [lo, hi] (n_ok/n_total)', or the reason its interval is undetermined, and an UNRELIABLE mark."""
+    text = f"{fit.params.get(name, math.nan):.3f}"
     if name in fit.intervals:
-        lo, hi = fit.intervals[name]
-        return f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
-    return f"{v:.3f}"
+        text += " " + fit.intervals[name].describe(3)
+    if name in fit.unreliable:
+        text += f" UNRELIABLE: {fit.unreliable[name]}"
+    return text
 
 
 def _budgets(spec) -> str:

@@ -42,23 +42,28 @@ def test_every_planned_run_completed(demo_runs):
         assert math.isfinite(summary["val_loss"])
 
 
-def test_fit_json_has_finite_parameters_and_intervals(demo_runs):
+def test_fit_json_has_finite_parameters_and_honest_intervals(demo_runs):
     _, first, _ = demo_runs
     fit = json.loads((first["report_path"].parent / "fit.json").read_text())
+    assert fit["schema_version"] == 2
     fitted = [law for law in ("isoflop", "parametric") if law in fit]
     assert fitted, f"neither isoflop nor parametric was fitted: {fit['meta'].get('skipped')}"
     for law in fitted:
         member = fit[law]
         assert member["intervals"], law
-        for name, (lo, hi) in member["intervals"].items():
-            assert lo is not None and hi is not None and math.isfinite(lo) and math.isfinite(hi), (law, name)
-            assert lo <= hi
+        for name, iv in member["intervals"].items():
+            assert 0 <= iv["n_ok"] <= iv["n_total"], (law, name)
+            if iv["reason"]:  # undetermined: says why, and is no point
+                assert iv["lo"] is None and iv["hi"] is None, (law, name, iv)
+            else:  # a real range, never zero-width
+                assert math.isfinite(iv["lo"]) and math.isfinite(iv["hi"]) and iv["lo"] < iv["hi"], (law, name, iv)
     if "parametric" in fit:
         for key in ("E", "A", "B", "alpha", "beta", "a", "b"):
-            assert math.isfinite(fit["parametric"][key]) and fit["parametric"][key] >= 0, key
-    rec = first["recommendation"].to_dict()
+            value = fit["parametric"]["params"][key]
+            assert math.isfinite(value) and value >= 0, key
+    rec = first["recommendation"]
     for key in ("N", "D", "lr", "batch_size_tokens", "steps", "expected_loss"):
-        assert math.isfinite(rec[key]) and rec[key] > 0, key
+        assert math.isfinite(rec.params[key]) and rec.params[key] > 0, key
 
 
 def test_report_files_exist(demo_runs):
