@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from scipy.stats import chi2
+from scipy.special import chdtri
 
 from analysis.data import budgets_of, require_columns
 from analysis.noise import NoiseEstimate, collapse_replicates, residual_noise
@@ -419,7 +419,7 @@ def _excess_variance(resid: np.ndarray, dof: int, draws: np.ndarray) -> float:
         noise_var = float(np.nanmean(np.nanvar(draws, axis=0))) if draws.size else math.nan
     if not math.isfinite(noise_var) or noise_var <= 0:
         return 0.0
-    if resid_var <= noise_var * chi2.ppf(0.95, dof) / dof:
+    if resid_var <= noise_var * chdtri(dof, 0.05) / dof:  # the 95% point of chi2(dof)
         return 0.0
     return resid_var - noise_var
 
