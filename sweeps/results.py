@@ -25,8 +25,8 @@ from scaling.accounting import CONVENTIONS
 from sweeps.store import FINAL, Store
 
 RUN_COLUMNS = [
-    "run_id", "status", "budget", "kind", "family", "n_layer", "d_model", "n_heads", "d_ff", "seq_len", "N", "N_total",
-    "D", "C", *(f"C_{c}" for c in CONVENTIONS), "loss", "lr", "batch_size", "steps", "seed", "flop_convention",
+    "run_id", "status", "budget", "kind", "family", "n_layer", "d_model", "n_heads", "d_ff", "seq_len", "vocab_size", "N",
+    "N_total", "D", "C", *(f"C_{c}" for c in CONVENTIONS), "loss", "lr", "batch_size", "steps", "seed", "flop_convention",
     "wall_time_s", "spec_version",
 ]
 METRIC_COLUMNS = ["run_id", "step", "tokens", "flops", "train_loss", "val_loss", "lr", "N", "budget"]
@@ -78,7 +78,7 @@ def run_row(store: Store, planned: dict) -> dict:
         "status": status,
         "budget": planned["budget"],
         "kind": planned["tags"].get("kind", "isoflop"),
-        **{k: model[k] for k in ("family", "n_layer", "d_model", "n_heads", "d_ff", "seq_len")},
+        **{k: model.get(k) for k in ("family", "n_layer", "d_model", "n_heads", "d_ff", "seq_len", "vocab_size")},
         "N": params.get("non_embedding", planned["N"]),
         "N_total": params.get("total", planned["N_total"]),
         "D": tokens,

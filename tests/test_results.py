@@ -18,8 +18,8 @@ from sweeps.store import Store, write_json_atomic
 
 SMALL = small_spec_text("[1e11]", 5, 6.0)
 # Exactly the columns docs/design.md lists, written out here rather than imported from the code under test.
-RUN_COLUMNS = ["run_id", "status", "budget", "kind", "family", "n_layer", "d_model", "n_heads", "d_ff", "seq_len", "N",
-               "N_total", "D", "C", *[f"C_{c}" for c in CONVENTIONS], "loss", "lr", "batch_size", "steps", "seed",
+RUN_COLUMNS = ["run_id", "status", "budget", "kind", "family", "n_layer", "d_model", "n_heads", "d_ff", "seq_len",
+               "vocab_size", "N", "N_total", "D", "C", *[f"C_{c}" for c in CONVENTIONS], "loss", "lr", "batch_size", "steps", "seed",
                "flop_convention", "wall_time_s", "spec_version"]
 METRIC_COLUMNS = ["run_id", "step", "tokens", "flops", "train_loss", "val_loss", "lr", "N", "budget"]
 
