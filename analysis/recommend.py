@@ -64,10 +64,13 @@ class Estimate:
     source: str
     unreliable: str = ""  # why the law behind it is not to be trusted ("" when it is)
     no_interval: str = ""  # why there is no interval at all (a published law), overriding the draws
+    measured: Interval | None = None  # an interval measured directly (e.g. one cell's LR scan), not from law draws
 
     def interval(self) -> Interval:
         if self.no_interval:
             return Interval.undetermined(self.no_interval)
+        if self.measured is not None:
+            return self.measured
         if self.draws.size == 0:
             return Interval.undetermined(NO_DRAWS)
         return interval_from_draws(self.draws, method=self.method)
@@ -329,18 +332,54 @@ def _hyperparam(law_name: str, report: FitReport, budget: float, rec: Recommenda
     key = "lr" if law_name == "lr_opt" else "batch_size_tokens"
     hp = report.fits.get("hyperparams")
     law = getattr(hp, law_name, None) if hp is not None else None
+    measured = _measured_lr(hp) if law_name == "lr_opt" and hp is not None else None
     if law is None:
         why = "no hyperparams fit" if hp is None else f"no {law_name} law in the hyperparams fit"
-        rec.fallbacks[key] = f"{published.source} ({why}; fitted with C = non-embedding FLOPs/token x tokens)"
-        return published
+        return _fall_back(rec, key, measured, published, f"({why})", budget)
     fitted = _with_span(Estimate(float(law.predict(budget)), law.predict_samples(budget), _method(law),
                                  f"hyperparams.{law_name}",
                                  _reasons((hp, (law_name, law_name.replace("_opt", "_exponent"),
                                                f"{law_name}_at_largest_budget")), (law, None))))
     if fitted.unreliable:
-        rec.fallbacks[key] = f"{published.source} instead of {fitted.source}, which is UNRELIABLE: {fitted.unreliable}"
-        return published
+        return _fall_back(rec, key, measured, published,
+                          f"instead of {fitted.source}, which is UNRELIABLE: {fitted.unreliable}", budget)
     return fitted
+
+
+def _fall_back(rec: Recommendation, key: str, measured: tuple[Estimate, float] | None, published: Estimate,
+               why: str, budget: float) -> Estimate:
+    """Use the measured optimum when there is one, else the published law; record which and why."""
+    if measured is None:
+        rec.fallbacks[key] = f"{published.source} {why} (fitted with C = non-embedding FLOPs/token x tokens)"
+        return published
+    estimate, measured_at = measured
+    rec.fallbacks[key] = f"{estimate.source} {why}"
+    drift = (budget / measured_at) ** DEEPSEEK_LR[1]
+    rec.warnings.append(f"{key}: held at the optimum measured at {measured_at:.3g} FLOPs; the data do not say how it "
+                        f"drifts with C (DeepSeek LLM's published exponent {DEEPSEEK_LR[1]} would scale it by "
+                        f"x{drift:.2f} at this budget)")
+    return estimate
+
+
+def _measured_lr(hp) -> tuple[Estimate, float] | None:
+    """The LR optimum of the compute-optimal cell at the largest scanned budget with that cell's own interval, held
+    constant in C, and that budget: the fallback when the lr_opt(C) law cannot be trusted (None without such a
+    cell)."""
+    cells = hp.cells
+    needed = {"compute_optimal", "C", "N", "lr_opt", "lr_lo", "lr_hi", "lr_n_ok", "lr_n_total"}
+    if cells.empty or not needed <= set(cells.columns):
+        return None
+    lo, hi = cells["lr_lo"].to_numpy(float), cells["lr_hi"].to_numpy(float)
+    ok = cells["compute_optimal"].astype(bool).to_numpy() & np.isfinite(lo) & np.isfinite(hi) & (lo < hi)
+    if not ok.any():
+        return None
+    row = cells[ok].loc[cells[ok]["C"].idxmax()]
+    interval = Interval(float(row["lr_lo"]), float(row["lr_hi"]), int(row["lr_n_ok"]), int(row["lr_n_total"]),
+                        "cell scan, held constant in C")
+    estimate = Estimate(float(row["lr_opt"]), np.empty(0), interval.method,
+                        f"lr_opt measured at C = {float(row['C']):.3g} FLOPs (compute-optimal cell, N = "
+                        f"{float(row['N']):.4g}), held constant", measured=interval)
+    return estimate, float(row["C"])
 
 
 def _round_batch(est: Estimate, seq_len: int | None) -> Estimate:

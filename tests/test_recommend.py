@@ -104,14 +104,28 @@ def test_published_fallbacks_without_hyperparameter_laws(size_report):
     assert rec.sources["N"].startswith("isoflop")
 
 
-def test_unreliable_hyperparameter_law_falls_back_to_the_published_one(report):
+def test_unreliable_lr_law_falls_back_to_the_measured_optimum_then_the_published_law(report):
     def mark(d):
         d["hyperparams"]["unreliable"]["lr_exponent"] = "exponent 1.7 outside [-1, 1]"
 
     rec = recommend(_edited(report, mark), 1e19)
-    assert "DeepSeek" in rec.sources["lr"]
+    cells = report.fits["hyperparams"].cells
+    top = cells[cells["compute_optimal"].astype(bool)].sort_values("C").iloc[-1]
+    # the scanned optimum at the largest budget, held constant, with that cell's own interval
+    assert rec.sources["lr"].startswith(f"lr_opt measured at C = {top['C']:.3g}")
+    assert rec.params["lr"] == pytest.approx(top["lr_opt"])
+    assert (rec.intervals["lr"].lo, rec.intervals["lr"].hi) == pytest.approx((top["lr_lo"], top["lr_hi"]))
     assert "instead of hyperparams.lr_opt" in rec.fallbacks["lr"] and "1.7 outside" in rec.fallbacks["lr"]
+    assert any(w.startswith("lr: held at the optimum measured") for w in rec.warnings)
     assert rec.sources["batch_size_tokens"] == "hyperparams.batch_opt"  # the batch law is still trusted
+
+    def no_cell_interval(d):
+        mark(d)
+        for cell in d["hyperparams"]["cells"]:
+            cell["lr_lo"] = cell["lr_hi"] = None
+
+    rec = recommend(_edited(report, no_cell_interval), 1e19)
+    assert "DeepSeek" in rec.sources["lr"] and "instead of hyperparams.lr_opt" in rec.fallbacks["lr"]
 
 
 def test_unreliable_approach_2_falls_back_to_approach_3(size_report):
