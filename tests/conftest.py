@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from helpers import small_spec_text
 
 _CI_CONF = Path(os.environ.get("SLURM_CI_DIR", "/tmp/slurm_ci")) / "etc" / "slurm.conf"
 if "SLURM_CONF" not in os.environ and _CI_CONF.is_file():
@@ -74,6 +75,14 @@ def one_thread():
 def make_spec():
     """`write_spec(path, *, name, seeds, budget, checkpoint_every, eval_every, max_concurrent, batch_range) -> path`."""
     return write_spec
+
+
+@pytest.fixture
+def small(tmp_path: Path) -> Path:
+    """A small isoFLOP sweep spec (helpers.small_spec_text: 2 budgets x 3 models) written into tmp_path."""
+    path = tmp_path / "small.toml"
+    path.write_text(small_spec_text())
+    return path
 
 
 @pytest.fixture

@@ -17,13 +17,6 @@ from sweeps.spec import load_spec
 SMALL = small_spec_text()
 
 
-@pytest.fixture
-def small(tmp_path):
-    path = tmp_path / "small.toml"
-    path.write_text(SMALL)
-    return path
-
-
 @pytest.mark.parametrize("override, field", [
     ('backend.slurm.partition="gpu\\nrm -rf /"', "backend.slurm.partition"),
     ('backend.slurm.account="a b"', "backend.slurm.account"),
