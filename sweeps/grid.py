@@ -13,7 +13,10 @@ For each budget C (FLOPs under `budgets.convention`):
    batches B in [B0 / batch_range, B0 * batch_range] (multiples of micro_batch_size) and steps S = round(C / (F B T))
    for the pair with |S B T F / C - 1| <= tolerance (1%) and S >= min_steps, preferring B nearest B0 (in log), then the
    smaller error. D = S B T tokens; the realized FLOPs S B T F are reported per run.
-3. LR x batch grid (optional `[hparams]`): at the chosen budgets, the model nearest N_opt (or every model) is also
+3. Replicates (optional `grid.replicate_seeds`): the `grid.replicate_models` isoFLOP models nearest N_opt also
+   train with each of those seeds (kind "isoflop", the seed in tags), so the noise model sees runs differing only
+   in seed.
+4. LR x batch grid (optional `[hparams]`): at the chosen budgets, the model nearest N_opt (or every model) is also
    run at each (lr, batch) pair, tagged kind "hparam"; batch and steps are solved again for each pair.
 
 Impossible runs: a budget too small for its smallest model to take one step at the smallest allowed batch is a
@@ -149,15 +152,18 @@ def design(spec: SweepSpec) -> Plan:
         points = [(cfg, lr_at(spec.train, budget), batch_at(spec.train, budget, spec.model.seq_len), "isoflop")
                   for cfg in models]
         points += hparam_points(spec, budget, n_opt, models)
+        nearest = replicate_models(spec, n_opt, models)
+        replicates = [point for point in points[:len(models)] if point[0] in nearest]  # the isoFLOP points
         n_isoflop = 0
-        for seed in spec.train.seeds:
-            for cfg, lr, batch_target, kind in points:
-                run = make_run(spec, budget, n_opt, cfg, lr, batch_target, kind, seed)
-                if isinstance(run, DroppedRun):
-                    dropped.append(run)
-                else:
-                    runs.append(run)
-                    n_isoflop += kind == "isoflop"
+        seeded = [(seed, point) for seed in spec.train.seeds for point in points]
+        seeded += [(seed, point) for seed in spec.grid.replicate_seeds or [] for point in replicates]
+        for seed, (cfg, lr, batch_target, kind) in seeded:
+            run = make_run(spec, budget, n_opt, cfg, lr, batch_target, kind, seed)
+            if isinstance(run, DroppedRun):
+                dropped.append(run)
+            else:
+                runs.append(run)
+                n_isoflop += kind == "isoflop"
         if n_isoflop == 0:
             raise ConfigError(_budget_field(spec), f"budgets where some model reaches grid.min_steps "
                               f"({spec.grid.min_steps}); every model at this budget was dropped", budget)
@@ -398,6 +404,16 @@ def _first_buildable(build, targets, taken=()) -> ModelConfig | None:
         if cfg not in taken:
             return cfg
     return None
+
+
+def replicate_models(spec: SweepSpec, n_opt: float, models: list[ModelConfig]) -> list[ModelConfig]:
+    """The grid.replicate_models isoFLOP models nearest the prior optimum (in log params), which also train with
+    grid.replicate_seeds; none when the spec has no replicate seeds."""
+    if not spec.grid.replicate_seeds:
+        return []
+    count = spec.budgets.param_count
+    by_distance = sorted(models, key=lambda c: abs(math.log(count_params(c)[count] / n_opt)))
+    return by_distance[:spec.grid.replicate_models]
 
 
 def hparam_points(spec: SweepSpec, budget: float, n_opt: float, models: list[ModelConfig]) -> list[tuple]:

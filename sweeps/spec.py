@@ -13,7 +13,9 @@ A spec has these sections (every key is optional unless said; see `sweeps/preset
     [grid]       models_per_budget + spread (N_max / N_min, log-uniform around the prior optimum) | sizes (explicit
                  non-embedding params, used at every budget); the prior optimum: tokens_per_param (Chinchilla, 20:
                  C = 6 N D with D = 20 N) | prior_coef + prior_exponent (N_opt = coef * C^exponent) | prior_fit (a
-                 fit.json; its isoflop.N_opt law); min_steps, batch_range, tolerance (realized FLOPs vs budget)
+                 fit.json; its isoflop.N_opt law); min_steps, batch_range, tolerance (realized FLOPs vs budget);
+                 replicate_seeds + replicate_models: the replicate_models (default 3) models nearest each budget's
+                 prior optimum also train with each extra seed (replicates for the noise model)
     [train]      lr | lr_rule = {coef, exponent} (lr = coef * C^exponent); batch_size (sequences) | batch_tokens |
                  batch_rule = {coef, exponent} (tokens = coef * C^exponent); seeds = [0, ...]; and any key of the
                  trainer's [train] section (schedule, warmup_frac, decay_frac, weight_decay, micro_batch_size, ...),
@@ -152,6 +154,9 @@ class GridSpec:
     min_steps: int = 20  # runs needing fewer optimizer steps are dropped (with a warning)
     batch_range: float = 4.0  # the planner may move the batch size by up to this factor to land on the budget
     tolerance: float = 0.01  # realized FLOPs within this relative error of the budget
+    replicate_seeds: list[int] | None = None  # extra seeds for the models nearest each budget's prior optimum, so
+    # the noise model has replicates (runs differing only in seed); distinct from train.seeds
+    replicate_models: int = 3  # how many models per budget (nearest the prior optimum) train with replicate_seeds
 
 
 @dataclass
@@ -423,6 +428,7 @@ def validate_spec(spec: SweepSpec) -> SweepSpec:
     _validate_budgets(spec.budgets)
     _validate_grid(spec.grid)
     _validate_train(spec.train)
+    _validate_replicates(spec.grid, spec.train)
     if spec.hparams is not None:
         _validate_hparams(spec.hparams, spec.budgets.resolved())
     if spec.eval.every is not None:
@@ -502,6 +508,21 @@ def _validate_grid(g: GridSpec) -> None:
     positive_int(g.min_steps, "grid.min_steps")
     at_least(g.batch_range, 1, "grid.batch_range")
     in_range(g.tolerance, 0.0, 0.5, "grid.tolerance", lo_open=True)
+
+
+def _validate_replicates(g: GridSpec, t: TrainSpec) -> None:
+    """grid.replicate_seeds: distinct non-negative seeds, none of them in train.seeds; grid.replicate_models >= 1."""
+    positive_int(g.replicate_models, "grid.replicate_models")
+    if g.replicate_seeds is None:
+        return
+    for i, s in enumerate(g.replicate_seeds):
+        non_negative_int(s, f"grid.replicate_seeds[{i}]")
+    if len(set(g.replicate_seeds)) != len(g.replicate_seeds):
+        raise ConfigError("grid.replicate_seeds", "distinct seeds", g.replicate_seeds)
+    shared = sorted(set(g.replicate_seeds) & set(t.seeds))
+    if shared:
+        raise ConfigError("grid.replicate_seeds", f"seeds not in train.seeds {t.seeds} (those runs exist already)",
+                          g.replicate_seeds)
 
 
 def _validate_train(t: TrainSpec) -> None:

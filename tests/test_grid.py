@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import warnings
 
 import pytest
-from helpers import small_spec_text
 
 from scaling.accounting import count_params, flops_per_token
 from scaling.config import ModelConfig
@@ -16,15 +16,6 @@ from scaling.errors import ConfigError
 from scaling.runconfig import RunConfig
 from sweeps.grid import design, estimate_wall_time, n_opt, plan, run_id_for, solve_batch_steps
 from sweeps.spec import load_spec
-
-SMALL = small_spec_text()
-
-
-@pytest.fixture
-def small(tmp_path):
-    path = tmp_path / "small.toml"
-    path.write_text(SMALL)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +46,7 @@ def test_tiny_cpu_grid_shape(presets):
     spec = load_spec("tiny-cpu")
     runs = presets["tiny-cpu"].runs
     for budget in spec.budgets.resolved():
-        iso = [r for r in runs if r.budget == budget and r.tags["kind"] == "isoflop"]
+        iso = [r for r in runs if r.budget == budget and r.tags["kind"] == "isoflop" and r.tags["seed"] == 0]
         assert len(iso) == spec.grid.models_per_budget
         sizes = sorted(r.N for r in iso)
         assert len(set(sizes)) == len(sizes)  # distinct shapes, although the 2-layer ladder is coarse at the bottom
@@ -71,6 +62,23 @@ def test_tiny_cpu_grid_shape(presets):
     for r in hparam:
         twin = next(c for c in centre if c.budget == r.budget)
         assert r.N == twin.N and r.lr != twin.lr  # only the model nearest the prior optimum gets the grid
+
+
+def test_replicate_seeds_repeat_the_models_nearest_the_prior_optimum(small):
+    spec = load_spec(small, ["grid.replicate_seeds=[7, 8]", "grid.replicate_models=2", "hparams.lr_factors=[1.0]"])
+    runs = plan(spec)
+    assert len({r.run_id for r in runs}) == len(runs)
+    for budget in spec.budgets.resolved():
+        main = {r.N: r for r in runs if r.budget == budget and r.tags["seed"] == 0}
+        nearest = sorted(main, key=lambda n: abs(math.log(n / n_opt(spec, budget))))[:2]
+        for seed in (7, 8):
+            extra = [r for r in runs if r.budget == budget and r.tags["seed"] == seed]
+            assert sorted(r.N for r in extra) == sorted(nearest)
+            for r in extra:  # a replicate differs from its seed-0 twin in the seed alone
+                assert r.tags["kind"] == "isoflop" and r.config["train"]["seed"] == seed
+                twin = main[r.N].config
+                assert {**r.config, "train": {**r.config["train"], "seed": 0}} == twin
+    assert len(runs) == len(plan(load_spec(small, ["hparams.lr_factors=[1.0]"]))) + 2 * 2 * len(spec.budgets.resolved())
 
 
 def test_lr_and_batch_grid_on_all_models(small):
