@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import warnings
 from pathlib import Path
 
@@ -165,6 +166,9 @@ def run_fit(args) -> int:
     if args.out:
         path = write_report(report, args.out, target_budget=target)
         print(f"wrote {path} (and fit.json, figures) in {args.out}")
+    if not report.fits:
+        print("error: no law could be fitted from these runs (each 'skipped' line above says why)", file=sys.stderr)
+        return 2
     return 0
 
 

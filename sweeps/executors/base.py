@@ -26,12 +26,12 @@ from __future__ import annotations
 import abc
 import dataclasses
 import importlib
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from scaling.errors import ConfigError
+from scaling.runio import read_summary
 from sweeps.store import Store
 
 # A job in one of these states may still run: a relaunch must not submit its run again.
@@ -232,11 +232,3 @@ def executor_class(backend: str) -> type[Executor]:
         raise ConfigError("backend", f"one of {tuple(BACKENDS)}", backend)
     module, name = BACKENDS[backend].split(":")
     return getattr(importlib.import_module(module), name)
-
-
-def read_summary(run_dir: str | Path) -> dict | None:
-    """The run's `summary.json`, or None when there is none (yet) or it cannot be parsed."""
-    try:
-        return json.loads((Path(run_dir) / "summary.json").read_text())
-    except (OSError, ValueError):
-        return None
