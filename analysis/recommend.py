@@ -29,7 +29,7 @@ from analysis.powerlaw import PowerLawFit
 from analysis.result import MAX_SPAN_RATIO, FitResult, Interval, interval_from_draws, json_safe
 from scaling.config import FAMILIES
 from scaling.errors import ConfigError
-from scaling.ladder import params_for_shape, shape_for_params
+from scaling.ladder import MAX_PARAMS, params_for_shape, shape_for_params
 
 DEEPSEEK_BATCH = (0.2920, 0.3271)  # B_opt = 0.2920 C^0.3271 tokens (DeepSeek LLM 2024, C = M D)
 DEEPSEEK_LR = (0.3118, -0.1250)  # lr_opt = 0.3118 C^-0.1250
@@ -41,7 +41,6 @@ LARGE_EXTRAPOLATION = 100.0
 STRONG_EXTRAPOLATION = 1e4
 BACKTEST_TOL = 0.05  # backtest relative errors above this (loss, N_opt, D_opt) are warned about
 UNCHECKED_DISAGREEMENT = 0.10  # two predictions without intervals differing by more than this are warned about
-MAX_SHAPE_PARAMS = 1e14  # no shape is searched beyond this many params (the ladder's search grows with N^(1/3))
 NO_DRAWS = "no bootstrap draws (the fit ran with n_boot = 0)"
 EXPONENTS = ("exponent", "a", "b", "alpha", "beta", "gamma")  # the laws' exponents, judged by their plausible range
 
@@ -445,8 +444,8 @@ def _add_shape(rec: Recommendation, report: FitReport, *, family, seq_len, vocab
     if family not in FAMILIES:
         raise ConfigError("family", f"one of {FAMILIES}", family)
     n = rec.params["N"]
-    if n > MAX_SHAPE_PARAMS:
-        rec.shape_note = f"N = {n:.3g} params is beyond the shape ladder's range (at most {MAX_SHAPE_PARAMS:.0e})"
+    if n > MAX_PARAMS:
+        rec.shape_note = f"N = {n:.3g} params is beyond the shape ladder's range (at most {MAX_PARAMS:.0e})"
         return
     ladder_count = count.replace("-", "_")
     ladder = meta["ladder"]
@@ -464,7 +463,7 @@ def _add_shape(rec: Recommendation, report: FitReport, *, family, seq_len, vocab
     iv = rec.intervals["N"]
     if iv.determined:
         for end in iv:
-            if end <= MAX_SHAPE_PARAMS:
+            if end <= MAX_PARAMS:
                 try:
                     shapes.append(shape(end))
                 except ConfigError:  # an interval end the ladder cannot reach: that end has no shape

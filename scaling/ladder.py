@@ -45,6 +45,7 @@ MAX_REL_ERROR = 0.05  # the largest miss accepted before raising
 MAX_D_FF_CHANGE = 0.25  # the most d_ff may move from the family default to land a tiny target
 FIXED_DEPTH_MAX_ERROR = 0.3  # the largest miss of a fixed-depth ladder (half a width step; see rule 4)
 COUNTS = ("non_embedding", "total", "embedding")
+MAX_PARAMS = 1e14  # the largest target searched: the candidate search grows with N^(1/3) (hostile input stays bounded)
 
 
 def guide_width(n_params: float, aspect_ratio: float = DEFAULT_ASPECT_RATIO) -> float:
@@ -89,6 +90,8 @@ def shape_for_params(
     Raises ConfigError for bad arguments, or naming `n_params` when no shape lands within 5% of it.
     """
     _check_positive_number("n_params", n_params)
+    if n_params > MAX_PARAMS:
+        raise ConfigError("n_params", f"at most {MAX_PARAMS:.0e} params (beyond that no shape is searched)", n_params)
     _check_positive_number("aspect_ratio", aspect_ratio)
     if family not in FAMILIES:
         raise ConfigError("family", f"one of {FAMILIES}", family)

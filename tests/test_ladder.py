@@ -156,3 +156,11 @@ def test_other_bad_arguments_name_their_field():
         shape_for_params(1e6, aspect_ratio=0)
     with pytest.raises(ConfigError, match="^max_params"):
         ladder(1e6, 1e5, 3)
+
+
+def test_a_target_beyond_the_ladders_range_is_refused_at_once():
+    from scaling.ladder import MAX_PARAMS
+
+    with pytest.raises(ConfigError, match="^n_params: expected at most"):
+        shape_for_params(1e300)
+    assert params_for_shape(shape_for_params(MAX_PARAMS / 10)) == pytest.approx(MAX_PARAMS / 10, rel=0.05)

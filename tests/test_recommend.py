@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 
 from analysis.fitreport import FitReport
-from analysis.recommend import DEEPSEEK_LR, MAX_SHAPE_PARAMS, Recommendation, recommend
+from analysis.recommend import DEEPSEEK_LR, Recommendation, recommend
 from analysis.report import _fixed_ladder_options, fit_all
 from analysis.result import Interval
 from analysis.simulate import synthetic_runs, true_optimal_n
 from scaling.errors import ConfigError
+from scaling.ladder import MAX_PARAMS
 
 KEYS = ("N", "D", "batch_size_tokens", "lr", "steps", "warmup_steps", "expected_loss")
 
@@ -224,7 +225,7 @@ def test_absurd_budgets_and_exponents_answer_at_once(size_report):
     try:
         rec = recommend(size_report, 1e300)
         assert rec.model is None and "beyond the shape ladder" in rec.shape_note
-        assert rec.params["N"] > MAX_SHAPE_PARAMS and any("very strong extrapolation" in w for w in rec.warnings)
+        assert rec.params["N"] > MAX_PARAMS and any("very strong extrapolation" in w for w in rec.warnings)
 
         def exponent_5(d):
             d["isoflop"]["N_opt"]["params"]["exponent"] = 5.0
