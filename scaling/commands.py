@@ -12,6 +12,7 @@ import argparse
 import sys
 
 from scaling.errors import ConfigError
+from scaling.tokenizers import TOKENIZERS
 
 
 def register(subparsers) -> None:
@@ -32,7 +33,8 @@ def register(subparsers) -> None:
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
     prep = data_sub.add_parser("prepare", help="tokenize a corpus once into the cache and print a summary")
     prep.add_argument("--corpus", default="stdlib", help="'stdlib', a text file or folder, or hf:<name>[:config]")
-    prep.add_argument("--tokenizer", default="bytes", choices=("bytes", "bpe"))
+    prep.add_argument("--tokenizer", default="bytes", choices=TOKENIZERS,
+                      help="bytes (vocab 256, no extra needed) or bpe (needs the bpe extra); default bytes")
     prep.add_argument("--vocab-size", type=int, default=None, help="BPE vocabulary size (default 4096)")
     prep.add_argument("--cache-dir", default=None, help="cache root (default $SCALING_CACHE or ~/.cache/scaling)")
     prep.set_defaults(func=run_data_prepare)
