@@ -13,13 +13,19 @@ only when the true objective decreases. Far from the optimum the step uses the I
 quadratic that majorizes Huber: robust, but only linearly convergent along the flat B direction); near it, the exact
 Hessian (fast). Starts are run by successive halving (all starts _ROUND_ITERS iterations, then the better half, ...,
 down to _KEEP), the survivors converge, and the lowest objective wins (checked to match running every start to
-convergence on Epoch's data and on synthetic sets). On Epoch's 240 Chinchilla runs the 4,500-start fit takes ~0.6 s
+convergence on Epoch's data and on synthetic sets). Large tables (over _SUBSAMPLE_ABOVE = 2,000 runs) search the
+grid on a stratified subsample of 1,000 runs (spread over compute and, within a budget, over size) and polish the
+_KEEP survivors on all runs, where the lowest objective wins: the search then costs the same at any size and the fit
+grows linearly in the runs (checked against the full search in tests/test_parametric.py). Tables up to 2,000 runs
+are fitted exactly as before. On Epoch's 240 Chinchilla runs the 4,500-start fit takes ~0.6 s
 on one core and 1,000 bootstrap refits ~1.5 s, against ~60 s for a per-start scipy L-BFGS-B loop
 (benchmarks/bench_parametric.py). Converged means the predicted decrease
 g^T H^-1 g / 2 is below 1e-13 of the objective; when the best start is not converged, success is False.
 Bootstrap replicates are refitted together in one batch (run counts as per-row weights, or per-row simulated log
 losses for the residual bootstrap), each from the full-data optimum, the other distinct optima of the full fit and the
-grid starts of the best survivors; the best start of each replicate after a few iterations goes on to convergence.
+grid starts of the best survivors (tables up to 2,000 runs only: above, a resample's optimum lies within its
+sampling error of the full-data one, so the full-data optima suffice as starts); the best start of each
+replicate after a few iterations goes on to convergence. Refits that do not converge still count as failed draws.
 
 Bounds and stalls: in log space E -> 0 is a flat region (e -> -inf, the E term's share and its gradient vanish), where
 LM can stop and call it converged (E = 2e-232) although a positive E fits better. Every minimization, full fit and
@@ -60,6 +66,11 @@ _RTOL = 1e-13  # converged when the predicted decrease is below _RTOL * objectiv
 _STALL_RTOL = 1e-9  # ... or when no step decreases it any more and the predicted decrease is below this
 _ATOL = 1e-25  # absolute floor on the predicted decrease (an exact fit has objective ~0; 1e-25 ~ residuals of 1e-12)
 _CHUNK = 512  # rows evaluated together (keeps the (rows, runs) temporaries in cache)
+_CHUNK_CELLS = _CHUNK * 2_000  # ... and at most this many (row, run) cells, so that large tables stay in cache too
+_SUBSAMPLE_ABOVE = 2_000  # runs above which the start grid is searched on a stratified subsample
+_SUBSAMPLE_RUNS = 1_000  # runs in that subsample
+_BOOT_GRID_STARTS = 4  # grid starts of the best survivors added to each bootstrap refit (small tables only)
+_POLISH_ITERS = 2 * _ROUND_ITERS  # IRLS iterations on all runs before Newton, for starts found on the subsample
 _VANISH = 1e-6  # a term whose share of the model is below this at every run has vanished (its parameter is on a bound)
 _E_FRACTIONS = (0.01, 0.03, 0.1, 0.2, 0.4, 0.6, 0.8, 0.95)  # restarts of a vanished E, fractions of the smallest loss
 _MIN_BUDGET_DECADES = 0.1  # runs whose C = k N D spans less than this (decades) are one budget
@@ -82,7 +93,16 @@ class _Data:
     """log N, log D, log L of the runs as float64 torch tensors, plus the column stacks the reductions need."""
 
     def __init__(self, N: np.ndarray, D: np.ndarray, L: np.ndarray):
-        self.x1, self.x2, self.y = (torch.from_numpy(np.log(v)) for v in (N, D, L))
+        self._set_logs(*(torch.from_numpy(np.log(v)) for v in (N, D, L)))
+
+    def take(self, idx: np.ndarray) -> _Data:
+        """The runs at positions idx."""
+        sub = object.__new__(_Data)
+        sub._set_logs(*(v[torch.from_numpy(idx)] for v in (self.x1, self.x2, self.y)))
+        return sub
+
+    def _set_logs(self, x1: torch.Tensor, x2: torch.Tensor, y: torch.Tensor) -> None:
+        self.x1, self.x2, self.y = x1, x2, y
         one = torch.ones_like(self.x1)
         self.c1 = torch.stack([one, self.x1], 1)
         self.c2 = torch.stack([one, self.x2], 1)
@@ -110,10 +130,16 @@ def _evaluate(theta, data: _Data, counts, delta, derivatives: str = "irls", ys=N
     counts: None (every run once) or an (S, n) array of run multiplicities (bootstrap). ys: None (the observed
     log losses) or an (S, n) array of log losses per row (residual bootstrap).
     """
-    parts = [_evaluate_chunk(theta[s:s + _CHUNK], data, None if counts is None else counts[s:s + _CHUNK], delta,
-                             derivatives, None if ys is None else ys[s:s + _CHUNK])
-             for s in range(0, len(theta), _CHUNK)]
+    step = _chunk_rows(data.n)
+    parts = [_evaluate_chunk(theta[s:s + step], data, None if counts is None else counts[s:s + step], delta,
+                             derivatives, None if ys is None else ys[s:s + step])
+             for s in range(0, len(theta), step)]
     return tuple(None if p[0] is None else np.concatenate(p) for p in zip(*parts))
+
+
+def _chunk_rows(n_runs: int) -> int:
+    """Rows of theta evaluated together: _CHUNK, fewer when n_runs is so large that the temporaries leave the cache."""
+    return max(1, min(_CHUNK, _CHUNK_CELLS // n_runs))
 
 
 def _evaluate_chunk(theta, data: _Data, counts, delta, derivatives, ys=None):
@@ -314,6 +340,39 @@ def _iterate(batch: _Batch, data: _Data, delta, n_iter: int, newton: bool = Fals
 
 
 def _minimize_starts(starts, data: _Data, delta) -> _Batch:
+    """The survivors of the start search, converged on all runs and sorted best first.
+
+    Up to _SUBSAMPLE_ABOVE runs the search runs on all of them (_halve_and_converge). Above, it runs on a stratified
+    subsample of _SUBSAMPLE_RUNS runs (the start grid only has to find the basins, and a thousand runs spread over
+    the budgets and sizes shape the landscape as all of them do), and its _KEEP survivors are then polished on all
+    runs, where the lowest objective wins: the search costs the same at any size, and only the polish grows with n.
+    """
+    if _search_runs(data.n) == data.n:
+        return _halve_and_converge(starts, data, delta)
+    found = _halve_and_converge(starts, data.take(_stratified_subsample(data, _search_runs(data.n))), delta)
+    batch = _start_batch(found.theta, None, data, delta)
+    batch.origin = found.origin
+    _iterate(batch, data, delta, _POLISH_ITERS)
+    _iterate(batch, data, delta, _MAX_ITER, newton=True)
+    return batch.take(_best_first(batch.f))
+
+
+def _search_runs(n_runs: int) -> int:
+    """Runs the start grid is searched on: all of them up to _SUBSAMPLE_ABOVE, else _SUBSAMPLE_RUNS."""
+    return n_runs if n_runs <= _SUBSAMPLE_ABOVE else _SUBSAMPLE_RUNS
+
+
+def _stratified_subsample(data: _Data, m: int) -> np.ndarray:
+    """Positions (sorted) of m runs spread evenly over compute and, within a compute level, over model size: the
+    runs ordered by compute (in _MIN_BUDGET_DECADES bins of log C) then log N, taken at m evenly spaced ranks (so
+    each budget keeps its share of the runs, spread over its range of sizes). Deterministic: no random draw."""
+    x1, x2 = data.x1.numpy(), data.x2.numpy()
+    level = np.floor((x1 + x2) / (np.log(10.0) * _MIN_BUDGET_DECADES))
+    order = np.lexsort((x1, level))
+    return np.sort(order[np.unique(np.linspace(0, data.n - 1, m).round().astype(int))])
+
+
+def _halve_and_converge(starts, data: _Data, delta) -> _Batch:
     """Successive halving over `starts` with IRLS steps (all run _ROUND_ITERS iterations, the better half goes on,
     ...), then the best _KEEP converge with Newton steps; returns the survivors sorted best first."""
     batch = _start_batch(starts, None, data, delta)
@@ -329,7 +388,8 @@ def _best_first(f: np.ndarray) -> np.ndarray:
     return np.argsort(np.where(np.isfinite(f), f, np.inf), kind="stable")
 
 
-def _diverse_starts(batch: _Batch, starts: np.ndarray, n_optima: int = 3, n_grid: int = 4) -> np.ndarray:
+def _diverse_starts(batch: _Batch, starts: np.ndarray, n_optima: int = 3,
+                    n_grid: int = _BOOT_GRID_STARTS) -> np.ndarray:
     """Extra starts for bootstrap refits: up to n_optima other distinct converged optima of a best-first batch
     (differing by > 1e-3 in some of log A, log B, log E, alpha, beta) and the grid starts of its n_grid best rows."""
     optima = [batch.theta[0]]
@@ -510,6 +570,13 @@ def _log_terms(theta: np.ndarray, data: _Data) -> np.ndarray:
 def _term_shares(theta: np.ndarray, data: _Data) -> np.ndarray:
     """Largest share over the runs of each term (A/N^alpha, B/D^beta, E) in the model: (S, 3). A share below
     _VANISH means the term has vanished: its parameter sits on a bound (E -> 0, A -> 0 or alpha -> large)."""
+    step = _chunk_rows(data.n)
+    parts = [_chunk_term_shares(theta[s:s + step], data) for s in range(0, len(theta), step)]
+    return np.concatenate(parts) if parts else np.empty((0, 3))
+
+
+def _chunk_term_shares(theta: np.ndarray, data: _Data) -> np.ndarray:
+    """_term_shares for a few rows (their (rows, n, 3) temporaries stay small)."""
     t = _log_terms(theta, data)
     with np.errstate(over="ignore", invalid="ignore"):
         p = np.exp(t - t.max(axis=-1, keepdims=True))
@@ -676,6 +743,7 @@ def fit_parametric(N, D, L, *, k: float = 6.0, delta: float = 1e-3, grid="epoch"
         message = "alpha + beta <= 0: no compute-optimal allocation"
     diagnostics = {
         "objective": float(settled.f[0]), "n_starts": len(starts), "n_refined": len(best.theta),
+        "n_search_runs": _search_runs(len(N)),
         "n_converged": int(best.converged.sum()), "converged": success, "iterations": int(best.iters[0]),
         "grad_norm": float(np.abs(best.g[0]).max()), "huber_delta": delta, "n_points": len(N),
         "rmse_log": float(np.sqrt(np.mean(residuals ** 2))), "bootstrap": bootstrap,
@@ -693,7 +761,9 @@ def fit_parametric(N, D, L, *, k: float = 6.0, delta: float = 1e-3, grid="epoch"
         fit.diagnostics["bootstrap_skipped"] = f"the full-data fit did not succeed ({message})"
     elif n_boot:
         with _one_thread():
-            _add_bootstrap(fit, theta, _diverse_starts(best, starts), data, delta, n_boot, seed, bootstrap, groups,
+            small = _search_runs(data.n) == data.n
+            extra = _diverse_starts(best, starts, n_grid=_BOOT_GRID_STARTS if small else 0)
+            _add_bootstrap(fit, theta, extra, data, delta, n_boot, seed, bootstrap, groups,
                            residuals, sigma)
     if not fit.intervals:
         reason = fit.diagnostics.get("bootstrap_skipped", "no bootstrap (n_boot = 0)")

@@ -218,6 +218,62 @@ def test_chinchilla_bootstrap_replicates_match_full_multistart_refits(chinchilla
         assert (E, alpha, beta) == pytest.approx((full.E, full.alpha, full.beta), abs=1e-4)
 
 
+# ---- large tables: the start search on a stratified subsample -------------------------------------------------
+
+
+def many_runs(n_runs: int, seed: int = 0):
+    """n_runs runs over 8 compute budgets (1e17..1e19 FLOPs), sizes uniform in +-0.6 decades around 20 tokens per
+    parameter, 0.5% noise: the shape of a large sweep."""
+    rng = np.random.default_rng(seed)
+    C = np.geomspace(1e17, 1e19, 8)[np.arange(n_runs) % 8]
+    N = np.sqrt(C / 120.0) * 10 ** rng.uniform(-0.6, 0.6, n_runs)
+    D = C / (6 * N)
+    return N, D, true_loss(N, D) * np.exp(0.005 * rng.standard_normal(n_runs))
+
+
+def test_stratified_subsample_keeps_each_budgets_share_and_its_range_of_sizes():
+    N, D, L = many_runs(4000)
+    data = parametric._Data(N, D, L)
+    idx = parametric._stratified_subsample(data, 1000)
+    assert len(idx) == 1000 and len(np.unique(idx)) == 1000
+    budget = np.round(np.log10(6 * N * D), 3)
+    for c in np.unique(budget):
+        mine, picked = budget == c, budget[idx] == c
+        assert abs(picked.sum() - 1000 * mine.mean()) <= 2, c  # every budget keeps its share
+        span = np.ptp(np.log10(N[mine]))
+        assert np.ptp(np.log10(N[idx][picked])) > 0.97 * span, c  # ... spread over its sizes
+
+
+def test_large_tables_search_starts_on_a_subsample_and_reach_the_full_search_optimum(monkeypatch):
+    N, D, L = many_runs(2400)
+    grid = epoch_grid()[::13]
+    fast = fit_parametric(N, D, L, grid=grid)
+    assert fast.diagnostics["n_search_runs"] == parametric._SUBSAMPLE_RUNS < len(N)
+    monkeypatch.setattr(parametric, "_SUBSAMPLE_ABOVE", 10 ** 9)  # search the grid on all runs, as small tables do
+    full = fit_parametric(N, D, L, grid=grid)
+    assert full.diagnostics["n_search_runs"] == len(N)
+    assert fast.success and full.success
+    assert fast.diagnostics["objective"] <= full.diagnostics["objective"] * (1 + 1e-10)
+    for name in ("E", "A", "B", "alpha", "beta"):
+        assert fast.params[name] == pytest.approx(full.params[name], rel=1e-5), name
+
+
+def test_small_tables_search_the_grid_on_every_run():
+    N, D, L, _ = synthetic_runs(noise=0.005)
+    assert fit_parametric(N, D, L, grid=epoch_grid()[::50]).diagnostics["n_search_runs"] == len(N)
+    assert parametric._chunk_rows(len(N)) == parametric._CHUNK  # evaluated in the same chunks as before
+
+
+def test_large_table_bootstrap_refits_start_from_the_full_data_optima():
+    N, D, L = many_runs(2400, seed=1)
+    fit = fit_parametric(N, D, L, grid=epoch_grid()[::7], n_boot=40, seed=0)
+    assert fit.n_draws == 40 and fit.diagnostics["n_boot_failed"] == 0
+    for name in ("E", "alpha", "beta"):
+        iv = fit.intervals[name]
+        assert iv.determined and iv.lo < fit.params[name] < iv.hi and iv.hi > iv.lo, name
+        assert iv.contains(TRUE[name]), name
+
+
 # ---- stalls, bounds and designs that cannot identify the law ---------------------------------------------------
 
 
