@@ -576,12 +576,16 @@ def _term_shares(theta: np.ndarray, data: _Data) -> np.ndarray:
 
 
 def _chunk_term_shares(theta: np.ndarray, data: _Data) -> np.ndarray:
-    """_term_shares for a few rows (their (rows, n, 3) temporaries stay small)."""
-    t = _log_terms(theta, data)
+    """_term_shares for a few rows: the three terms as separate (rows, n) arrays (a reduction over a last axis of
+    length 3 is slow in numpy, and their temporaries stay small)."""
+    x1, x2 = data.x1.numpy(), data.x2.numpy()
+    a, b, e, alpha, beta = (theta[:, j:j + 1] for j in range(5))
+    t = (a - alpha * x1, b - beta * x2, np.broadcast_to(e, (len(theta), data.n)))
     with np.errstate(over="ignore", invalid="ignore"):
-        p = np.exp(t - t.max(axis=-1, keepdims=True))
-        p /= p.sum(axis=-1, keepdims=True)
-    return np.nan_to_num(p, nan=0.0).max(axis=1)
+        top = np.maximum(np.maximum(t[0], t[1]), t[2])
+        p = [np.exp(tk - top) for tk in t]
+        total = p[0] + p[1] + p[2]
+        return np.column_stack([np.nan_to_num(pk / total, nan=0.0).max(axis=1) for pk in p])
 
 
 def _observed(data: _Data, ys, rows: int) -> np.ndarray:
@@ -636,15 +640,15 @@ def _settle(theta, f, converged, counts, ys, data: _Data, delta) -> _Settled:
     lower objective; classify what remains (a constrained optimum at E = 0, or a stall on the bound)."""
     theta, f, converged = theta.copy(), f.copy(), converged.copy()
     escaped = np.zeros(len(theta), bool)
-    vanished_E = _term_shares(theta, data)[:, 2] < _VANISH
-    rows = np.flatnonzero(vanished_E & np.isfinite(f))
+    shares = _term_shares(theta, data)
+    rows = np.flatnonzero((shares[:, 2] < _VANISH) & np.isfinite(f))
     if rows.size:
         t2, f2, c2 = _restart_E(theta[rows], f[rows], _rows(counts, rows), _rows(ys, rows), data, delta)
         moved = f2 < f[rows]
         escaped[rows[moved]] = True
         theta[rows], f[rows] = t2, f2
         converged[rows[moved]] = c2[moved]
-    shares = _term_shares(theta, data)
+        shares[rows] = _term_shares(theta[rows], data)
     gone = shares < _VANISH
     slope = np.zeros(len(theta))
     if gone[:, 2].any():
