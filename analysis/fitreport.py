@@ -39,12 +39,6 @@ class FitReport:
     skipped: dict[str, str] = field(default_factory=dict)  # law -> why it was not fitted
     runs: pd.DataFrame = field(default_factory=pd.DataFrame)
 
-    def __getattr__(self, item):
-        fits = self.__dict__.get("fits", {})
-        if item in fits:
-            return fits[item]
-        raise AttributeError(item)
-
     def summary(self) -> str:
         """The data, then every law's summary (intervals with n_ok/n_total, UNRELIABLE marks), backtest, skips."""
         m = self.meta

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import resource
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,33 +24,16 @@ from pathlib import Path
 from sweeps.executors.local import LocalExecutor
 from sweeps.launch import launch
 
-SPEC = """\
-name = "bench"
-[model]
-family = "gpt2"
-seq_len = 32
-head_dim = 16
-aspect_ratio = 16
-[budgets]
-values = [{budget}]
-[grid]
-sizes = [24576]
-min_steps = 10
-[train]
-lr = 3e-3
-batch_size = 8
-seeds = {seeds}
-checkpoint_every = 1000
-device = "cpu"
-[eval]
-every = 1000
-tokens = 2048
-[resources]
-cpus = 1
-[backend.local]
-max_concurrent = {slots}
-threads_per_run = 1
-"""
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the tests' tiny sweep spec (tests/helpers.py), so both time the same runs
+from helpers import tiny_spec_text
+
+
+def bench_spec_text(budget: float, runs: int, slots: int) -> str:
+    """`runs` seeds of the tests' tiny GPT-2 run at `budget` FLOPs, `slots` local slots of one thread each."""
+    return tiny_spec_text(name="bench", budgets=[budget], train=f"seeds = {list(range(runs))}\ncheckpoint_every = 1000",
+                          sections=f"[eval]\nevery = 1000\ntokens = 2048\n[resources]\ncpus = 1\n"
+                                   f"[backend.local]\nmax_concurrent = {slots}\nthreads_per_run = 1")
 
 
 def children_cpu_s() -> float:
@@ -85,7 +69,7 @@ def main() -> None:
     measured: dict[str, list[tuple[float, float]]] = {"one process per run": [], "long-lived workers": []}
     with tempfile.TemporaryDirectory(prefix="bench_launch_") as tmp:
         spec_path = Path(tmp) / "bench.toml"
-        spec_path.write_text(SPEC.format(budget=args.budget, seeds=list(range(runs)), slots=args.slots))
+        spec_path.write_text(bench_spec_text(args.budget, runs, args.slots))
         launch(spec_path, backend="local", results=Path(tmp) / "warmup", progress=False)  # corpus cache, page cache
         for i in range(rounds):
             order = [False, True] if i % 2 == 0 else [True, False]

@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import small_spec_text
+from helpers import small_spec_text, tiny_spec_text
 
 _CI_CONF = Path(os.environ.get("SLURM_CI_DIR", "/tmp/slurm_ci")) / "etc" / "slurm.conf"
 if "SLURM_CONF" not in os.environ and _CI_CONF.is_file():
@@ -27,25 +27,9 @@ def write_spec(path: Path, *, name: str = "tiny", seeds=(0, 1, 2, 3), budget: fl
 
     The run ids depend only on the run configs, so specs that differ only in `seeds` share runs.
     """
-    path.write_text(f"""\
-name = "{name}"
-[model]
-family = "gpt2"
-seq_len = 32
-head_dim = 16
-aspect_ratio = 16
-[budgets]
-values = [{budget}]
-[grid]
-sizes = [24576]
-min_steps = 10
-batch_range = {batch_range}
-[train]
-lr = 3e-3
-batch_size = 8
+    path.write_text(tiny_spec_text(name=name, budgets=[budget], grid=f"batch_range = {batch_range}", train=f"""\
 seeds = {list(seeds)}
-checkpoint_every = {checkpoint_every}
-device = "cpu"
+checkpoint_every = {checkpoint_every}""", sections=f"""\
 [eval]
 every = {eval_every}
 tokens = 2048
@@ -55,8 +39,7 @@ mem_gb = 1
 time_min = 20
 [backend.local]
 max_concurrent = {max_concurrent}
-threads_per_run = 1
-""")
+threads_per_run = 1"""))
     return path
 
 

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import wait_for
+from helpers import running_pid, wait_for
 
 from sweeps.executors.base import ACTIVE_STATES, Executor, Job, Resources
 from sweeps.executors.local import LocalExecutor
@@ -24,15 +24,6 @@ from sweeps.launch import follow, job_status, launch, load_jobs
 from sweeps.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def running_pid(store: Store, run_id: str) -> int | None:
-    """The pid of the run's attempt once it is mid-run (a checkpoint written, no summary yet), else None."""
-    run_dir = store.run_dir(run_id)
-    if not list((run_dir / "checkpoints").glob("ckpt_*.pt")) or (run_dir / "summary.json").exists():
-        return None
-    attempts = store.attempts(run_id)
-    return attempts[-1]["pid"] if attempts and attempts[-1]["status"] == "running" else None
 
 
 @pytest.mark.slow  # ~15 s: a launcher subprocess, kill -9, then a following launch

@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from helpers import wait_for
+from helpers import running_pid, wait_for
 
 from sweeps.executors.local import LocalExecutor
 from sweeps.launch import job_status, launch, load_jobs
@@ -34,15 +34,6 @@ def local_sweep(tmp_path_factory, make_spec):
 
 def final_loss(sweep_dir: Path, run_id: str) -> float:
     return Store(sweep_dir).summary(run_id)["val_loss"]
-
-
-def first_checkpoint_and_pid(store: Store, run_id: str) -> int | None:
-    """The pid of the running attempt once the run has written a checkpoint (and is not finished), else None."""
-    run_dir = store.run_dir(run_id)
-    if not list((run_dir / "checkpoints").glob("ckpt_*.pt")) or (run_dir / "summary.json").exists():
-        return None
-    attempts = store.attempts(run_id)
-    return attempts[-1]["pid"] if attempts and attempts[-1]["status"] == "running" else None
 
 
 def alive(pid: int) -> bool:
@@ -113,7 +104,7 @@ def test_kill9_and_cancel_are_reported_and_resume_to_the_same_loss(local_sweep, 
 
     def hold_both() -> bool:
         for job in (killed, cancelled):
-            if job.run_dir.name not in held and (pid := first_checkpoint_and_pid(store, job.run_dir.name)):
+            if job.run_dir.name not in held and (pid := running_pid(store, job.run_dir.name)):
                 os.kill(pid, signal.SIGSTOP)
                 held[job.run_dir.name] = pid
         return len(held) == 2
@@ -151,7 +142,7 @@ def test_ctrl_c_stops_workers_and_relaunch_resumes(local_sweep, tmp_path, make_s
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     store = Store(results / "tiny")
     run_id = wait_for(lambda: store.plan_path.exists() and store.run_ids()[0])
-    pid = wait_for(lambda: first_checkpoint_and_pid(store, run_id))
+    pid = wait_for(lambda: running_pid(store, run_id))
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err

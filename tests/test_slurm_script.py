@@ -11,6 +11,7 @@ import shlex
 import sys
 
 import pytest
+from helpers import tiny_spec_text
 
 from scaling.errors import ConfigError
 from sweeps.executors.base import Resources
@@ -122,29 +123,13 @@ def test_time_limit_comes_from_the_runs_planned_time():
 
 
 def write_spec(path, *, extra: str = "", throughput: str = "", partition: str = "debug"):
-    path.write_text(f"""\
-name = "tiny"
-[model]
-family = "gpt2"
-seq_len = 32
-head_dim = 16
-aspect_ratio = 16
-[budgets]
-values = [1.5e9, 1.5e11]
-[grid]
-sizes = [24576]
-min_steps = 10
-[train]
-lr = 3e-3
-batch_size = 8
-device = "cpu"
+    path.write_text(tiny_spec_text(budgets=[1.5e9, 1.5e11], sections=f"""\
 [resources]
 time_min = 600
 {throughput}
 [backend.slurm]
 partition = "{partition}"
-{extra}
-""")
+{extra}"""))
     return path
 
 
