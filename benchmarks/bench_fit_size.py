@@ -1,15 +1,17 @@
 """Time and peak memory of `scaling fit` on per-checkpoint tables of 1k to 1M rows (target: 1M rows in <= 60 s, <= 2 GB).
 
-    python benchmarks/bench_fit_size.py [--rows 1000,10000,100000,1000000] [--law isoflop] [--checkpoints 100]
-                                        [--direct]
+    python benchmarks/bench_fit_size.py [--rows 1000,10000,100000,1000000] [--law all] [--checkpoints 100]
+                                        [--n-boot N] [--no-backtest] [--direct]
 
 Each table is drawn from a known surface (analysis.simulate.Surface): `rows / checkpoints` runs spread over 8 FLOP
 budgets (model sizes log-spaced +-0.6 decades around each budget's optimum), each run logged at `checkpoints`
 steps (run_id, step, N, D = tokens so far, loss; no C column), the way a W&B history export arrives. `analysis.load_runs` turns
 the checkpoints of a run into one row (its last) and keeps the curves in df.attrs["metrics"]. Every size runs in
-a fresh Python process (`scaling fit FILE --law LAW --no-backtest --json OUT`), so the peak resident memory
-(getrusage ru_maxrss of that process) is its own. Also prints each size's time relative to the smallest, which is
-what tells linear from quadratic on a busy machine.
+a fresh Python process (`scaling fit FILE --law LAW --json OUT`: every law and scaling fit's default options, i.e.
+1,000 bootstrap draws and the backtest, unless --law, --n-boot or --no-backtest say otherwise), so the peak resident
+memory (getrusage ru_maxrss of that process) and CPU seconds are its own (CPU seconds tell more than wall seconds
+when others share the machine; the fit runs torch on one thread). Also prints each size's time and peak memory relative to
+the smallest size, which is what tells linear from quadratic on a busy machine.
 
 --direct measures analysis.isoflop.fit_isoflop alone, in this process (tracemalloc peak), on one-row-per-run tables
 of the same sizes (every row a distinct run: 8 budgets, sizes uniform in +-0.6 decades, 0.5% noise, 200 draws),
@@ -38,8 +40,9 @@ import json, resource, sys, time
 t0 = time.perf_counter()
 from scaling.cli import main
 rc = main(sys.argv[1:])
-print(json.dumps({"rc": rc, "seconds": time.perf_counter() - t0,
-                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+use = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"rc": rc, "seconds": time.perf_counter() - t0, "cpu_s": use.ru_utime + use.ru_stime,
+                  "peak_mb": use.ru_maxrss / 1024}))
 """
 
 
@@ -64,16 +67,16 @@ def checkpoint_table(n_rows: int, checkpoints: int, seed: int = 0) -> pd.DataFra
                          "loss": loss})
 
 
-def measure(path: Path, law: str, out: Path) -> dict:
-    """Run `scaling fit` on `path` in a fresh process; its wall seconds and peak resident memory."""
-    argv = [sys.executable, "-c", _CHILD, "fit", str(path), "--law", law, "--no-backtest", "--n-boot", "200",
-            "--json", str(out)]
+def measure(path: Path, law: str, out: Path, options: list[str]) -> dict:
+    """Run `scaling fit` on `path` (with extra CLI `options`) in a fresh process; its wall seconds and peak resident
+    memory."""
+    argv = [sys.executable, "-c", _CHILD, "fit", str(path), "--law", law, *options, "--json", str(out)]
     proc = subprocess.run(argv, capture_output=True, text=True, check=False)
     last = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
     try:
         result = json.loads(last)
     except json.JSONDecodeError:
-        return {"rc": proc.returncode, "seconds": float("nan"), "peak_mb": float("nan"),
+        return {"rc": proc.returncode, "seconds": float("nan"), "cpu_s": float("nan"), "peak_mb": float("nan"),
                 "error": (proc.stderr or proc.stdout).strip().splitlines()[-1:]}
     if result["rc"]:
         result["error"] = proc.stderr.strip().splitlines()[-1:]
@@ -116,7 +119,9 @@ def measure_direct(sizes: list[int]) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", default="1000,10000,100000,1000000", help="comma-separated table sizes")
-    ap.add_argument("--law", default="isoflop", help="the --law given to scaling fit (isoflop, all, ...)")
+    ap.add_argument("--law", default="all", help="the --law given to scaling fit (all, isoflop, ...)")
+    ap.add_argument("--n-boot", type=int, default=None, help="bootstrap draws (default: scaling fit's own default)")
+    ap.add_argument("--no-backtest", action="store_true", help="pass --no-backtest to scaling fit")
     ap.add_argument("--checkpoints", type=int, default=100, help="checkpoints (rows) per run")
     ap.add_argument("--direct", action="store_true", help="time fit_isoflop alone on one-row-per-run tables")
     args = ap.parse_args(argv)
@@ -124,9 +129,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.direct:
         measure_direct(sizes)
         return 0
-    print(f"scaling fit --law {args.law}: per-checkpoint CSV, {args.checkpoints} rows per run, {N_BUDGETS} budgets; "
-          f"target {TARGET_S:g} s and {TARGET_GB:g} GB at 1M rows")
-    print(f"{'rows':>9s} {'runs':>7s} {'seconds':>8s} {'peak MB':>8s} {'s / s(smallest)':>16s} {'rows ratio':>10s}")
+    options = ([] if args.n_boot is None else ["--n-boot", str(args.n_boot)]) + (["--no-backtest"] if args.no_backtest
+                                                                                  else [])
+    print(f"scaling fit --law {args.law} {' '.join(options) or '(default options)'}: per-checkpoint CSV, "
+          f"{args.checkpoints} rows per run, {N_BUDGETS} budgets; target {TARGET_S:g} s and {TARGET_GB:g} GB at 1M rows")
+    print(f"{'rows':>9s} {'runs':>7s} {'seconds':>8s} {'CPU s':>7s} {'peak MB':>8s} {'s / s(smallest)':>16s} "
+          f"{'MB / MB(smallest)':>18s} {'rows ratio':>10s}")
     base = None
     ok = True
     with tempfile.TemporaryDirectory() as tmp:
@@ -134,11 +142,12 @@ def main(argv: list[str] | None = None) -> int:
             table = checkpoint_table(n, args.checkpoints)
             path = Path(tmp) / f"runs_{n}.csv"
             table.to_csv(path, index=False)
-            r = measure(path, args.law, Path(tmp) / f"fit_{n}.json")
-            base = base or (r["seconds"], n)
-            print(f"{len(table):9d} {table['run_id'].nunique():7d} {r['seconds']:8.2f} {r['peak_mb']:8.0f} "
-                  f"{r['seconds'] / base[0]:16.2f} {n / base[1]:10.0f}" + (f"  error: {r['error']}" if r.get("error")
-                                                                          else ""))
+            r = measure(path, args.law, Path(tmp) / f"fit_{n}.json", options)
+            base = base or (r["seconds"], r["peak_mb"], len(table))
+            print(f"{len(table):9d} {table['run_id'].nunique():7d} {r['seconds']:8.2f} {r['cpu_s']:7.1f} "
+                  f"{r['peak_mb']:8.0f} "
+                  f"{r['seconds'] / base[0]:16.2f} {r['peak_mb'] / base[1]:18.2f} {len(table) / base[2]:10.1f}"
+                  + (f"  error: {r['error']}" if r.get("error") else ""))
             if n >= 1_000_000 and not (r["seconds"] <= TARGET_S and r["peak_mb"] <= TARGET_GB * 1024):
                 ok = False
     print("target met" if ok else "target NOT met at 1M rows")
