@@ -107,16 +107,25 @@ def _frontier(best: np.ndarray, N_run: np.ndarray, present: np.ndarray):
 
     Returns winner (B x J, -1 if empty bin) and censored (B x J).
     """
-    masked = np.where(present[:, :, None], best[None], np.inf)  # (B, R, J)
-    winner = np.argmin(masked, axis=1)
-    empty = ~np.isfinite(np.take_along_axis(masked, winner[:, None, :], 1)[:, 0, :])
-    has = np.isfinite(masked)
-    nmin = np.where(has, N_run[None, :, None], np.inf).min(1)  # smallest model with a checkpoint in the bin
-    nmax = np.where(has, N_run[None, :, None], -np.inf).max(1)
-    n_win = N_run[winner]
-    censored = (n_win <= nmin) | (n_win >= nmax)
-    winner = np.where(empty, -1, winner)
-    return winner, censored | empty
+    B, J = len(present), best.shape[1]
+    winner, censored = np.full((B, J), -1), np.ones((B, J), bool)
+    by_size = np.argsort(N_run, kind="stable")
+    for j in range(J):  # per bin, on boolean (B, runs in the bin) gathers: ~10x less memory traffic than (B, R, J)
+        has = np.isfinite(best[:, j])
+        if not has.any():
+            continue
+        by_loss = np.flatnonzero(has)
+        by_loss = by_loss[np.argsort(best[by_loss, j], kind="stable")]  # ties keep run order, as argmin does
+        hit = present[:, by_loss]
+        found = hit.any(axis=1)
+        win = by_loss[hit.argmax(axis=1)]  # the lowest loss among the present runs
+        sized = by_size[has[by_size]]
+        hit = present[:, sized]
+        nmin = N_run[sized[hit.argmax(axis=1)]]  # smallest present model with a checkpoint in the bin
+        nmax = N_run[sized[len(sized) - 1 - hit[:, ::-1].argmax(axis=1)]]
+        winner[:, j] = np.where(found, win, -1)
+        censored[:, j] = ~found | (N_run[win] <= nmin) | (N_run[win] >= nmax)
+    return winner, censored
 
 
 def fit_envelope(metrics_df: pd.DataFrame, *, n_bins: int = 30, n_boot: int = 1000, seed: int = 0, k: float = 6.0,
