@@ -288,11 +288,12 @@ class _Batch:
         return _Batch(**{k: None if v is None else v[idx] for k, v in vars(self).items()})
 
 
-def _start_batch(theta, counts, data: _Data, delta, ys=None) -> _Batch:
+def _start_batch(theta, counts, data: _Data, delta, ys=None, newton: bool = False) -> _Batch:
+    """A batch at `theta`, evaluated with the exact Hessian too when `newton` (it goes straight to Newton steps)."""
     theta = np.array(theta, dtype=float)
     S = len(theta)
-    f, g, H, _ = _evaluate(theta, data, counts, delta, ys=ys)
-    return _Batch(theta, counts, ys, np.arange(S), f, g, H, None, np.full(S, 1e-3), np.zeros(S, bool),
+    f, g, H, K = _evaluate(theta, data, counts, delta, "newton" if newton else "irls", ys)
+    return _Batch(theta, counts, ys, np.arange(S), f, g, H, K, np.full(S, 1e-3), np.zeros(S, bool),
                   np.zeros(S, bool), np.zeros(S, int), np.full(S, np.inf))
 
 
@@ -322,8 +323,9 @@ def _iterate(batch: _Batch, data: _Data, delta, n_iter: int, newton: bool = Fals
             return
         M = batch.K[idx] if newton else H
         trial = batch.theta[idx] + _damped_solve(M, H, g, lam)
-        counts = None if batch.counts is None else batch.counts[idx]
-        ys = None if batch.ys is None else batch.ys[idx]
+        every = idx.size == len(batch.theta)  # all rows active: no copy of the (rows, n) counts or losses
+        counts = None if batch.counts is None else batch.counts if every else batch.counts[idx]
+        ys = None if batch.ys is None else batch.ys if every else batch.ys[idx]
         with np.errstate(all="ignore"):
             ft, gt, Ht, Kt = _evaluate(trial, data, counts, delta, mode, ys)
         ok = np.isfinite(ft) & (ft < f)
@@ -663,7 +665,7 @@ def _rows(v: np.ndarray | None, idx) -> np.ndarray | None:
 
 
 def _repeat_rows(v: np.ndarray | None, times: int) -> np.ndarray | None:
-    return None if v is None else np.repeat(v, times, axis=0)
+    return v if v is None or times == 1 else np.repeat(v, times, axis=0)
 
 
 def _bootstrap_refits(theta_hat, extra_starts, data: _Data, delta, counts=None, ys=None) -> _Settled:
@@ -676,7 +678,8 @@ def _bootstrap_refits(theta_hat, extra_starts, data: _Data, delta, counts=None, 
     starts = np.vstack([np.atleast_2d(theta_hat), np.reshape(extra_starts, (-1, 5))])
     n_s = len(starts)
     R = len(counts) if counts is not None else len(ys)
-    batch = _start_batch(np.tile(starts, (R, 1)), _repeat_rows(counts, n_s), data, delta, _repeat_rows(ys, n_s))
+    batch = _start_batch(np.tile(starts, (R, 1)), _repeat_rows(counts, n_s), data, delta, _repeat_rows(ys, n_s),
+                         newton=n_s == 1)
     if n_s > 1:
         _iterate(batch, data, delta, 2 * _ROUND_ITERS)
         f = np.where(np.isfinite(batch.f), batch.f, np.inf).reshape(R, n_s)
