@@ -5,11 +5,15 @@ It sits in `analysis`, the top of the package graph, because it drives all three
 It runs the `tiny-cpu` preset (byte-level GPT-2 models on the standard-library corpus) through the `local` backend in
 two stages, the adaptive design a careful researcher would use:
 
-1. The two smallest budgets are placed around the Chinchilla prior (20 tokens per parameter) with a wide spread.
+1. The two smallest budgets are placed around the preset's prior (grid.tokens_per_param, from pilot sweeps).
 2. A quick isoFLOP fit of those budgets moves the prior: N_opt = coef * C^exponent, anchored at the geometric mean of
    the measured optima, with the exponent taken from the two budgets but kept within [0.35, 0.65] (two points
    cannot pin it down better). The larger budgets are then placed around that prediction, so their minima are
    interior rather than on the edge of the grid.
+
+At every budget the models nearest the prior optimum also train with the preset's replicate seeds, so the noise
+model estimates sigma from replicates. `--seed S` sets every run's seed: S for the main runs, and each replicate seed
+r becomes r + REPLICATE_SEED_STRIDE * S, so no demo seed's replicate is another demo seed's main run.
 
 Both stages share one store (`--out`, default results/demo), so a second invocation trains nothing and reproduces the
 same fits. Then it fits everything (approach 2 and 3, L(C), the LR law, with bootstrap intervals), backtests by
@@ -32,12 +36,15 @@ from scaling.errors import ConfigError
 PRESET = "tiny-cpu"
 TARGET_FACTOR = 100.0  # recommend for this multiple of the largest trained budget
 EXPONENT_RANGE = (0.35, 0.65)  # the stage-2 prior exponent is clipped into this range
+REPLICATE_SEED_STRIDE = 1000  # --seed S moves the preset's replicate seeds r to r + 1000 S, away from 0, 1, 2, ...
 # --quick: a smaller sweep (3 budgets spanning 4x, 3 models each) for tests and a first look, about a minute.
 QUICK_OVERRIDES = [
     "budgets.values=[5e9, 1e10, 2e10]",
     "grid.models_per_budget=3",
     "grid.spread=3.0",
     "grid.min_steps=10",
+    "grid.tokens_per_param=250.0",  # larger models than the full demo's prior: fewer tokens, a faster test
+    "grid.replicate_models=1",  # one replicate per budget: the noise model still has data
     "hparams.budgets=[5e9]",
     "hparams.lr_factors=[0.5, 1.0, 2.0]",
     "eval.evals_per_run=3",
@@ -50,6 +57,17 @@ def demo_spec(name: str, quick: bool, overrides: list[str] | tuple[str, ...] = (
     from sweeps.spec import load_spec
 
     return load_spec(PRESET, [f'name="{name}"', *(QUICK_OVERRIDES if quick else []), *overrides])
+
+
+def seed_overrides(spec, seed: int) -> list[str]:
+    """Overrides that give every run of the demo seed `seed`: train.seeds = [seed], and each replicate seed r of the
+    preset becomes r + REPLICATE_SEED_STRIDE * seed, so the replicates of different demo seeds are distinct runs too
+    (never another demo seed's main run)."""
+    overrides = [f"train.seeds=[{int(seed)}]"]
+    if spec.grid.replicate_seeds:
+        shifted = [int(r) + REPLICATE_SEED_STRIDE * int(seed) for r in spec.grid.replicate_seeds]
+        overrides.append(f"grid.replicate_seeds={shifted}")
+    return overrides
 
 
 def stage_specs(spec, prior: tuple[float, float] | None):
@@ -120,7 +138,7 @@ def run_demo(out: str | Path = "results/demo", *, quick: bool = False, n_boot: i
 
     t0 = time.perf_counter()
     out = Path(out)
-    spec = demo_spec(out.name, quick, [f"train.seeds=[{int(seed)}]", *overrides])
+    spec = demo_spec(out.name, quick, [*overrides, *seed_overrides(demo_spec(out.name, quick, overrides), seed)])
     stage1, _ = stage_specs(spec, None)
     log(f"stage 1: budgets {_budgets(stage1)} around the prior of {spec.grid.tokens_per_param:g} tokens/param")
     submitted = train_stage(stage1, out.parent, log)

@@ -90,3 +90,16 @@ def test_second_invocation_trains_nothing_new(demo_runs):
     for law in ("isoflop", "parametric"):
         if law in a:
             assert b[law]["intervals"] == a[law]["intervals"]
+
+
+def test_demo_seed_moves_every_runs_seed_including_the_replicates():
+    from analysis.demo import REPLICATE_SEED_STRIDE, demo_spec, seed_overrides
+    from sweeps.grid import plan
+
+    preset = demo_spec("demo", quick=True)
+    assert preset.grid.replicate_seeds, "the demo preset trains replicates for the noise model"
+    spec = demo_spec("demo", quick=True, overrides=seed_overrides(preset, 2))
+    assert spec.train.seeds == [2]
+    assert spec.grid.replicate_seeds == [r + 2 * REPLICATE_SEED_STRIDE for r in preset.grid.replicate_seeds]
+    seeds = {r.tags["seed"] for r in plan(spec)}
+    assert seeds == {2, *spec.grid.replicate_seeds}
