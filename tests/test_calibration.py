@@ -1,9 +1,12 @@
 """A reduced calibration study (benchmarks/bench_calibration.py runs the full one): nominal 95% intervals of
 approach 2 must contain the truth of a known surface often enough, and must not be degenerate.
 
-Designs: two of the benchmark's (same parameters). The full study (200 sweeps per design, seed 0) measured coverage
-0.955-0.960 on "centred-5x5" and 0.925-0.965 on "off-centre-wide-4x7" for a, b, N_opt, D_opt and L_opt at 100x the
-largest budget. Bound: with 40 sweeps, a true coverage of 0.93 gives an observed one below 0.85 with probability
+Designs: three of the benchmark's (same parameters). The full study (200 sweeps per design, 300 draws, seed 0)
+measured coverage 0.955-0.965 on "centred-5x5", 0.925-0.965 on "off-centre-wide-4x7" and 0.934-0.975 on
+"marginal-5x5-1pct" for a, b, N_opt, D_opt and L_opt at 100x the largest budget. The marginal design (1% noise,
++-0.5 decade grids off centre by up to 0.25) is where a budget's vertex is often poorly located: when one budget's
+failed vertex draw failed the whole draw of every law, 113 of its 200 sweeps had undetermined laws; now such a budget
+is left out (of the laws, or of that draw) and at most 4 of 200 are undetermined. Bound: with 40 sweeps, a true coverage of 0.93 gives an observed one below 0.85 with probability
 about 2% (binomial: at most 33 of 40), so MIN_COVERAGE = 0.85 fails when the intervals lose calibration, not by chance; intervals
 that ignore the noise of the optima cover a far smaller share (see test_fixed_width_intervals_would_fail).
 """
@@ -20,10 +23,12 @@ CENTRED = SweepDesign("centred-5x5", n_budgets=5, span=100, n_per_budget=5, half
                       noise=0.005, n_seeds=1)
 OFF_CENTRE_WIDE = SweepDesign("off-centre-wide-4x7", n_budgets=4, span=1000, n_per_budget=7, half_width=0.8,
                               max_offset=0.3, noise=0.003, n_seeds=1)
+MARGINAL = SweepDesign("marginal-5x5-1pct", n_budgets=5, span=100, n_per_budget=5, half_width=0.5, max_offset=0.25,
+                       noise=0.01, n_seeds=1)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("design", [CENTRED, OFF_CENTRE_WIDE], ids=lambda d: d.name)
+@pytest.mark.parametrize("design", [CENTRED, OFF_CENTRE_WIDE, MARGINAL], ids=lambda d: d.name)
 def test_coverage_of_nominal_95_intervals(design):
     study = calibration_study(design, N_SWEEPS, n_boot=200, seed=11, with_lr=False)
     for q, c in study.items():
