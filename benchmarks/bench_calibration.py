@@ -39,17 +39,24 @@ DESIGNS = {
 TARGET = (0.90, 0.99)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def study_arguments(description: str, designs: dict, n_boot: int, argv: list[str] | None):
+    """The command line of a calibration study: --sweeps, --n-boot, --designs (names checked against `designs`),
+    --seed; returns (args, the chosen design names)."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--sweeps", type=int, default=200, help="synthetic sweeps per design (>= 200 for the study)")
-    ap.add_argument("--n-boot", type=int, default=400, help="bootstrap draws per fit")
-    ap.add_argument("--designs", default=",".join(DESIGNS), help=f"comma-separated subset of {list(DESIGNS)}")
+    ap.add_argument("--n-boot", type=int, default=n_boot, help="bootstrap draws per fit")
+    ap.add_argument("--designs", default=",".join(designs), help=f"comma-separated subset of {list(designs)}")
     ap.add_argument("--seed", type=int, default=0, help="study seed (sweep i of a design uses a seed derived from it)")
     args = ap.parse_args(argv)
     names = [n for n in args.designs.split(",") if n]
-    unknown = [n for n in names if n not in DESIGNS]
+    unknown = [n for n in names if n not in designs]
     if unknown:
-        ap.error(f"unknown designs {unknown}; choose from {list(DESIGNS)}")
+        ap.error(f"unknown designs {unknown}; choose from {list(designs)}")
+    return args, names
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, names = study_arguments(__doc__.splitlines()[0], DESIGNS, 400, argv)
     print(f"calibration: {args.sweeps} sweeps per design, {args.n_boot} draws per fit, truth at "
           f"{EXTRAPOLATION:g}x the largest budget; target coverage {TARGET[0]:.2f}-{TARGET[1]:.2f}")
     print(f"{'design':22s} {'quantity':8s} {'coverage':>8s} {'determined':>10s} {'undet.':>6s} {'refused':>7s} "

@@ -13,11 +13,11 @@ Target: coverage in [0.90, 0.99] in every design.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass
 
 import numpy as np
+from bench_calibration import study_arguments  # the sibling script (benchmarks/ is on sys.path when run)
 
 from analysis.hyperparams import fit_hyperparams
 from analysis.result import interval_from_draws
@@ -98,16 +98,7 @@ def lr_calibration(n_sweeps: int, seed: int, *, designs: list[str] | None = None
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sweeps", type=int, default=200, help="synthetic sweeps per design")
-    ap.add_argument("--n-boot", type=int, default=300, help="bootstrap resamples per fit")
-    ap.add_argument("--designs", default=",".join(DESIGNS), help=f"comma-separated subset of {list(DESIGNS)}")
-    ap.add_argument("--seed", type=int, default=0, help="base seed of the sweeps")
-    args = ap.parse_args(argv)
-    names = [n for n in args.designs.split(",") if n]
-    unknown = [n for n in names if n not in DESIGNS]
-    if unknown:
-        ap.error(f"unknown designs {unknown}; choose from {list(DESIGNS)}")
+    args, names = study_arguments(__doc__.splitlines()[0], DESIGNS, 300, argv)
     lr_calibration(args.sweeps, args.seed, designs=names, n_boot=args.n_boot)
     return 0
 
