@@ -20,22 +20,20 @@ from analysis.simulate import EXTRAPOLATION, WIDTH_UNITS, SweepDesign, calibrati
 
 # Designs span the brief: 3-6 budgets over 10-1000x, 3-7 models per budget, grids on and off centre, noise 0.3-1% with
 # 1-3 seeds. Each is a sweep a researcher might actually run.
-DESIGNS = {
-    "centred-5x5": SweepDesign("centred-5x5", n_budgets=5, span=100, n_per_budget=5, half_width=0.5,
-                               max_offset=0.0, noise=0.005, n_seeds=1, n_lr=5),
-    "off-centre-wide-4x7": SweepDesign("off-centre-wide-4x7", n_budgets=4, span=1000, n_per_budget=7,
-                                       half_width=0.8, max_offset=0.3, noise=0.003, n_seeds=1),
-    "small-3x3-3seeds": SweepDesign("small-3x3-3seeds", n_budgets=3, span=10, n_per_budget=3, half_width=0.6,
-                                    max_offset=0.1, noise=0.005, n_seeds=3),
-    "large-6x6-2seeds": SweepDesign("large-6x6-2seeds", n_budgets=6, span=1000, n_per_budget=6, half_width=0.6,
-                                    max_offset=0.25, noise=0.007, n_seeds=2, n_lr=5),
-    "noisy-5x6-2seeds-off": SweepDesign("noisy-5x6-2seeds-off", n_budgets=5, span=100, n_per_budget=6,
-                                        half_width=0.6, max_offset=0.25, noise=0.01, n_seeds=2),
-    "marginal-5x5-1pct": SweepDesign("marginal-5x5-1pct", n_budgets=5, span=100, n_per_budget=5, half_width=0.5,
-                                     max_offset=0.25, noise=0.01, n_seeds=1),
-    "very-wide-3x7": SweepDesign("very-wide-3x7", n_budgets=3, span=100, n_per_budget=7, half_width=1.0,
-                                 max_offset=0.4, noise=0.003, n_seeds=1),
+# name: (budgets, span [x], models per budget, grid half-width [decades of N], largest centre offset [decades],
+#        relative noise, seeds, LRs scanned per cell (0: no scan))
+DESIGN_TABLE = {
+    "centred-5x5": (5, 100, 5, 0.5, 0.0, 0.005, 1, 5),
+    "off-centre-wide-4x7": (4, 1000, 7, 0.8, 0.3, 0.003, 1, 0),
+    "small-3x3-3seeds": (3, 10, 3, 0.6, 0.1, 0.005, 3, 0),
+    "large-6x6-2seeds": (6, 1000, 6, 0.6, 0.25, 0.007, 2, 5),
+    "noisy-5x6-2seeds-off": (5, 100, 6, 0.6, 0.25, 0.01, 2, 0),
+    "marginal-5x5-1pct": (5, 100, 5, 0.5, 0.25, 0.01, 1, 0),
+    "very-wide-3x7": (3, 100, 7, 1.0, 0.4, 0.003, 1, 0),
 }
+DESIGNS = {name: SweepDesign(name, n_budgets=b, span=span, n_per_budget=m, half_width=hw, max_offset=off,
+                             noise=noise, n_seeds=seeds, n_lr=lrs)
+           for name, (b, span, m, hw, off, noise, seeds, lrs) in DESIGN_TABLE.items()}
 TARGET = (0.90, 0.99)
 
 
