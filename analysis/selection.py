@@ -17,15 +17,17 @@ def select_size_runs(df: pd.DataFrame) -> pd.DataFrame:
 
     Hyperparameter-scan runs (`kind == "hparam"`) are left out when isoFLOP runs exist; where several runs share a
     (budget, N) and the table has lr or batch_size columns (an LR or batch scan at one size) only the lowest-loss
-    one is kept, the best-tuned point. Without those columns repeated sizes are kept (e.g. digitised published data).
+    setting (by mean loss over its replicates) is kept, the best-tuned point, with all its seeds (replicates, for the
+    noise model). Without those columns repeated sizes are kept (e.g. digitised published data).
     """
     if "kind" in df.columns:
         is_hp = df["kind"].astype(str) == "hparam"
         if is_hp.any() and (~is_hp).any():
             df = df[~is_hp]
-    scanned = {"lr", "batch_size"} & set(df.columns)
-    if scanned and df.duplicated(["budget", "N"]).any():
-        df = df.loc[df.groupby(["budget", "N"])["loss"].idxmin()]
+    scanned = sorted({"lr", "batch_size"} & set(df.columns))
+    if scanned and df.duplicated(["budget", "N"]).any():  # the best setting by mean loss, with all its replicates
+        setting_loss = df.groupby(["budget", "N", *scanned], dropna=False)["loss"].transform("mean")
+        df = df[setting_loss == setting_loss.groupby([df["budget"], df["N"]]).transform("min")]
     return df.sort_values(["budget", "N"]).reset_index(drop=True)
 
 
