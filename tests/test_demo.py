@@ -103,3 +103,24 @@ def test_demo_seed_moves_every_runs_seed_including_the_replicates():
     assert spec.grid.replicate_seeds == [r + 2 * REPLICATE_SEED_STRIDE for r in preset.grid.replicate_seeds]
     seeds = {r.tags["seed"] for r in plan(spec)}
     assert seeds == {2, *spec.grid.replicate_seeds}
+
+
+def test_replicates_of_the_best_lr_reach_the_noise_model():
+    """Two seeds of the best LR at each size are both kept (mean loss decides the best LR), never the luckier one."""
+    import pandas as pd
+
+    from analysis.noise import collapse_replicates
+    from analysis.selection import select_size_runs
+
+    rows = [  # budget, N, lr, seed, loss: at N=100 lr 0.04 wins on the mean (2.05) although lr 0.08 has one 2.02
+        (1e9, 100, 0.04, 0, 2.00), (1e9, 100, 0.04, 1, 2.10), (1e9, 100, 0.08, 0, 2.02), (1e9, 100, 0.08, 1, 2.20),
+        (1e9, 200, 0.04, 0, 1.90), (1e9, 300, 0.04, 0, 1.95),
+    ]
+    df = pd.DataFrame(rows, columns=["budget", "N", "lr", "seed", "loss"]).assign(D=1e6, batch_size=2048.0,
+                                                                                 kind="isoflop")
+    kept = select_size_runs(df)
+    at_100 = kept[kept["N"] == 100]
+    assert sorted(at_100["seed"]) == [0, 1] and set(at_100["lr"]) == {0.04}
+    points, noise = collapse_replicates(kept)
+    assert noise.source == "replicates" and noise.dof == 1
+    assert points.loc[points["N"] == 100, "loss"].item() == pytest.approx(2.05)
