@@ -174,6 +174,9 @@ def terminal_summary(report, rec, report_path: Path, t_train: float, t_total: fl
         lines.append(f"  a = {_ci(f, 'a')}   b = {_ci(f, 'b')}")
         flagged = [f"{r.budget:.3g}: {', '.join(r.flags)}" for r in f.budgets.itertuples() if r.flags]
         lines.append("  edge/too-few-point flags: " + ("; ".join(flagged) if flagged else "none"))
+        if f.noise:
+            lines.append(f"  run-to-run noise: sigma {100 * f.noise.get('sigma', math.nan):.2f}% of the loss, "
+                         f"{f.noise.get('dof')} dof (from {f.noise.get('source', '?')})")
     if "parametric" in fits:
         f = fits["parametric"]
         lines.append("approach 3 (parametric):  L(N, D) = E + A/N^alpha + B/D^beta   (loss in nats/byte)")
