@@ -44,6 +44,18 @@ threads_per_run = 1"""))
 
 
 @pytest.fixture
+def python_sigint():
+    """SIGINT handled by Python's KeyboardInterrupt handler for the test, as in a foreground terminal, even where the
+    test run was started in the background (where a shell leaves SIGINT ignored, and children inherit that); a child
+    started meanwhile gets SIGINT's default action and so its own handler. The old handler afterwards."""
+    import signal
+
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
+@pytest.fixture
 def one_thread():
     """Run the test on one torch thread (tiny models run fastest so, and the CPU is shared with other tests)."""
     import torch

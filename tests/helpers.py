@@ -66,3 +66,4 @@ def running_pid(store, run_id: str) -> int | None:
         return None
     attempts = store.attempts(run_id)
     return attempts[-1]["pid"] if attempts and attempts[-1]["status"] == "running" else None
+

@@ -132,7 +132,7 @@ def test_kill9_and_cancel_are_reported_and_resume_to_the_same_loss(local_sweep, 
 
 
 @pytest.mark.slow  # ~30 s: a launcher subprocess, then a relaunch
-def test_ctrl_c_stops_workers_and_relaunch_resumes(local_sweep, tmp_path, make_spec):
+def test_ctrl_c_stops_workers_and_relaunch_resumes(local_sweep, tmp_path, make_spec, python_sigint):
     """SIGINT to `scaling sweep launch --wait`: the worker checkpoints and exits; a relaunch finishes the run."""
     _, reference = local_sweep
     spec = make_spec(tmp_path / "one.toml", seeds=(2,))

@@ -328,7 +328,7 @@ def preempt_at(corpus: Path, out: Path, step: int, *extra: str) -> None:
         signal.signal(signal.SIGTERM, old)
 
 
-def test_ctrl_c_writes_a_checkpoint_then_resume_matches(corpus, tmp_path, reference):
+def test_ctrl_c_writes_a_checkpoint_then_resume_matches(corpus, tmp_path, reference, python_sigint):
     out = tmp_path / "run"
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     with pytest.raises(KeyboardInterrupt):  # Python's own SIGINT handler, called after the checkpoint
@@ -341,7 +341,7 @@ def test_ctrl_c_writes_a_checkpoint_then_resume_matches(corpus, tmp_path, refere
     assert [m["step"] for m in metrics(out)] == [8, 16, 24]
 
 
-def test_second_ctrl_c_stops_at_once(corpus, tmp_path):
+def test_second_ctrl_c_stops_at_once(corpus, tmp_path, python_sigint):
     def twice(done: int, loss: float) -> None:
         if done == 10:
             os.kill(os.getpid(), signal.SIGINT)
@@ -353,7 +353,7 @@ def test_second_ctrl_c_stops_at_once(corpus, tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_ctrl_c_checkpoints_and_exits_130(corpus, tmp_path):
+def test_cli_ctrl_c_checkpoints_and_exits_130(corpus, tmp_path, python_sigint):
     args = [*TINY, f"data.corpus={corpus}", "train.steps=400", "eval.every=100", "train.checkpoint_every=10"]
     out = tmp_path / "run"
     env = dict(os.environ, SCALING_NUM_THREADS="1", PYTHONPATH=str(REPO))
