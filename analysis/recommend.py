@@ -353,7 +353,8 @@ def _fall_back(rec: Recommendation, key: str, measured: tuple[Estimate, float] |
         return published
     estimate, measured_at = measured
     rec.fallbacks[key] = f"{estimate.source} {why}"
-    drift = (budget / measured_at) ** DEEPSEEK_LR[1]
+    published_law = PUBLISHED_LAWS["lr_opt"]
+    drift = float(published_law.predict(budget) / published_law.predict(measured_at))
     rec.warnings.append(f"{key}: held at the optimum measured at {measured_at:.3g} FLOPs; the data do not say how it "
                         f"drifts with C (DeepSeek LLM's published exponent {DEEPSEEK_LR[1]} would scale it by "
                         f"x{drift:.2f} at this budget)")
@@ -372,7 +373,8 @@ def _measured_lr(hp) -> tuple[Estimate, float] | None:
     ok = cells["compute_optimal"].astype(bool).to_numpy() & np.isfinite(lo) & np.isfinite(hi) & (lo < hi)
     if not ok.any():
         return None
-    row = cells[ok].loc[cells[ok]["C"].idxmax()]
+    scanned = cells[ok]
+    row = scanned.loc[scanned["C"].idxmax()]
     interval = Interval(float(row["lr_lo"]), float(row["lr_hi"]), int(row["lr_n_ok"]), int(row["lr_n_total"]),
                         "cell scan, held constant in C")
     estimate = Estimate(float(row["lr_opt"]), np.empty(0), interval.method,
