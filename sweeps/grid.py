@@ -149,7 +149,7 @@ def design(spec: SweepSpec) -> Plan:
         n_opt = prior(budget)
         models = place_models(spec, budget, n_opt)
         check_one_step(spec, budget, models[0])
-        points = [(cfg, lr_at(spec.train, budget), batch_at(spec.train, budget, spec.model.seq_len), "isoflop")
+        points = [(cfg, lr_at(spec.train, budget, cfg), batch_at(spec.train, budget, spec.model.seq_len), "isoflop")
                   for cfg in models]
         points += hparam_points(spec, budget, n_opt, models)
         nearest = replicate_models(spec, n_opt, models)
@@ -214,11 +214,13 @@ def n_opt(spec: SweepSpec, budget: float) -> float:
     return prior_law(spec)(budget)
 
 
-def lr_at(train: TrainSpec, budget: float) -> float:
-    """Peak LR at `budget` FLOPs: train.lr_rule coef * C^exponent, else train.lr."""
-    if train.lr_rule is not None:
-        return train.lr_rule["coef"] * budget ** train.lr_rule["exponent"]
-    return train.lr
+def lr_at(train: TrainSpec, budget: float, cfg: ModelConfig | None = None) -> float:
+    """Peak LR at `budget` FLOPs: train.lr_rule coef * C^exponent, else train.lr; for a model `cfg`, scaled by
+    (train.lr_width.d_model / cfg.d_model)^exponent when the spec sets lr_width."""
+    lr = train.lr_rule["coef"] * budget ** train.lr_rule["exponent"] if train.lr_rule is not None else train.lr
+    if train.lr_width is not None and cfg is not None:
+        lr *= (train.lr_width["d_model"] / cfg.d_model) ** train.lr_width["exponent"]
+    return lr
 
 
 def batch_at(train: TrainSpec, budget: float, seq_len: int) -> float:
@@ -424,10 +426,11 @@ def hparam_points(spec: SweepSpec, budget: float, n_opt: float, models: list[Mod
     if h.models == "optimum":
         count = spec.budgets.param_count
         models = [min(models, key=lambda c: abs(math.log(count_params(c)[count] / n_opt)))]
-    lr0, b0 = lr_at(spec.train, budget), batch_at(spec.train, budget, spec.model.seq_len)
-    lrs = h.lr or [lr0 * f for f in (h.lr_factors or [1.0])]
+    b0 = batch_at(spec.train, budget, spec.model.seq_len)
     batches = [float(b) for b in h.batch_size] if h.batch_size else [b0 * f for f in (h.batch_factors or [1.0])]
-    return [(cfg, lr, b, "hparam") for cfg in models for lr in lrs for b in batches]
+    return [(cfg, lr, b, "hparam") for cfg in models
+            for lr in (h.lr or [lr_at(spec.train, budget, cfg) * f for f in (h.lr_factors or [1.0])])
+            for b in batches]
 
 
 # ------------------------------------------------------------------------------------------------ batch x steps

@@ -16,7 +16,9 @@ A spec has these sections (every key is optional unless said; see `sweeps/preset
                  fit.json; its isoflop.N_opt law); min_steps, batch_range, tolerance (realized FLOPs vs budget);
                  replicate_seeds + replicate_models: the replicate_models (default 3) models nearest each budget's
                  prior optimum also train with each extra seed (replicates for the noise model)
-    [train]      lr | lr_rule = {coef, exponent} (lr = coef * C^exponent); batch_size (sequences) | batch_tokens |
+    [train]      lr | lr_rule = {coef, exponent} (lr = coef * C^exponent); lr_width = {d_model, exponent}: that lr
+                 is for width d_model, and a model of width d trains at lr * (d_model / d)^exponent (muP's 1/width
+                 rule for Adam is exponent 1); batch_size (sequences) | batch_tokens |
                  batch_rule = {coef, exponent} (tokens = coef * C^exponent); seeds = [0, ...]; and any key of the
                  trainer's [train] section (schedule, warmup_frac, decay_frac, weight_decay, micro_batch_size, ...),
                  passed through to every run
@@ -163,6 +165,8 @@ class GridSpec:
 class TrainSpec:
     lr: float = 3e-3  # peak learning rate
     lr_rule: dict | None = None  # {coef, exponent}: lr = coef * C^exponent (DeepSeek LLM: 0.3118, -0.125)
+    lr_width: dict | None = None  # {d_model, exponent}: lr (or lr_rule) holds at width d_model; width d trains at
+    # lr * (d_model / d)^exponent, so every model of an isoFLOP grid sits near its own optimal LR (muP: exponent 1)
     batch_size: int | None = None  # target sequences per optimizer step (16 when no batch key is set)
     batch_tokens: int | None = None  # target tokens per optimizer step
     batch_rule: dict | None = None  # {coef, exponent}: tokens = coef * C^exponent (DeepSeek LLM: 0.292, 0.3271)
@@ -535,6 +539,11 @@ def _validate_train(t: TrainSpec) -> None:
             raise ConfigError(f"train.{key}", "a table {coef = ..., exponent = ...}", rule)
         positive(rule["coef"], f"train.{key}.coef", "a positive number")
         in_range(rule["exponent"], -1.0, 1.0, f"train.{key}.exponent", hi_open=False)
+    if t.lr_width is not None:
+        if not isinstance(t.lr_width, dict) or set(t.lr_width) != {"d_model", "exponent"}:
+            raise ConfigError("train.lr_width", "a table {d_model = ..., exponent = ...}", t.lr_width)
+        positive(t.lr_width["d_model"], "train.lr_width.d_model", "a positive width")
+        in_range(t.lr_width["exponent"], 0.0, 2.0, "train.lr_width.exponent", hi_open=False)
     if t.batch_size is not None:
         positive_int(t.batch_size, "train.batch_size")
     if t.batch_tokens is not None:

@@ -25,9 +25,10 @@ def test_tiny_cpu_preset():
     budgets = spec.budgets.resolved()
     assert spec.model.family == "gpt2" and spec.data.tokenizer == "bytes" and spec.vocab_size == 256
     assert len(budgets) == 4 and budgets[-1] / budgets[0] >= 30
-    assert spec.grid.models_per_budget == 5
+    assert spec.grid.models_per_budget >= 5
     assert len(spec.hparams.lr_factors) >= 3 and len(spec.hparams.budgets) >= 2  # an LR law needs 2+ budgets
-    assert spec.model.n_layer == 2 and spec.model.n_heads == 2  # the fixed-depth, fixed-heads ladder
+    assert spec.model.n_layer == 2 and spec.model.n_heads == 1  # the fixed-depth, one-head ladder
+    assert spec.train.lr_width is not None  # every width trains near its own optimal LR (no fixed-LR cliff)
     assert spec.resources.gpus == 0 and spec.backend.local.max_concurrent >= 1
     assert spec.source == "preset:tiny-cpu" and "tiny-cpu" in spec.source_text
 
@@ -43,6 +44,27 @@ def test_gpu_small_preset():
     assert spec.backend.slurm.extra == ["--constraint=h100"]
     assert spec.backend.slurm.extra_parameters() == {"constraint": "h100"}
 
+
+
+def test_lr_width_scales_each_models_lr_by_its_width(tmp_path):
+    """train.lr_width = {d_model = 16, exponent = 1}: a model of width d trains at lr * 16 / d, in the isoFLOP grid
+    and in the LR grid (whose factors multiply the model's own width-scaled LR)."""
+    from sweeps.grid import plan
+
+    extra = "[hparams]\nlr_factors = [0.5, 1.0, 2.0]\nmodels = \"all\"\n"
+    path = write_spec(tmp_path, extra=extra)
+    plain = {(r.budget, r.N, r.lr) for r in plan(load_spec(path))}
+    runs = plan(load_spec(path, ["train.lr_width={d_model = 16, exponent = 1.0}"]))
+    widths = {r.shape["d_model"] for r in runs}
+    assert len(widths) >= 3, "the test needs several widths"
+    base = load_spec(path).train.lr
+    for r in runs:
+        factor = 16 / r.shape["d_model"]
+        assert any(r.lr == pytest.approx(base * f * factor, rel=1e-3) for f in (0.5, 1.0, 2.0)), r
+    assert {(r.budget, r.N, r.lr) for r in runs} != plain
+    isoflop = [r for r in runs if r.tags["kind"] == "isoflop"]
+    assert len({r.lr for r in isoflop}) == len({r.shape["d_model"] for r in isoflop})
+    assert lr_at(load_spec(path).train, 1e12, None) == base  # no model: the budget's base LR
 
 def test_file_overrides_and_alternatives(tmp_path):
     path = write_spec(tmp_path)

@@ -49,6 +49,12 @@ NON_FINITE = [  # every float in a spec must be finite
     ("hparams.lr_factors=[1.0,inf]", "hparams.lr_factors[1]"),
     ("train.lr_rule={coef = inf, exponent = -0.1}", "train.lr_rule.coef"),
     ("train.lr_rule={coef = 1.0, exponent = nan}", "train.lr_rule.exponent"),
+    ("train.lr_width={d_model = inf, exponent = 1.0}", "train.lr_width.d_model"),
+    ("train.lr_width={d_model = 0, exponent = 1.0}", "train.lr_width.d_model"),
+    ("train.lr_width={d_model = 16, exponent = nan}", "train.lr_width.exponent"),
+    ("train.lr_width={d_model = 16, exponent = -1.0}", "train.lr_width.exponent"),
+    ("train.lr_width={d_model = 16}", "train.lr_width"),
+    ("train.lr_width=3.0", "train.lr_width"),
     ("train.weight_decay=inf", "train.weight_decay"),
 ]
 
@@ -98,9 +104,9 @@ def test_the_tiny_cpu_documented_override_plans():
     result = design(spec)
     assert {r.budget for r in result.runs} == {1e11, 1e12}
     assert {r.budget for r in result.runs if r.tags["kind"] == "hparam"} == {1e11, 1e12}
-    with pytest.warns(UserWarning, match=r"keeps the budgets \['6e\+09'\]"):
-        kept = load_spec("tiny-cpu", ["budgets.values=[6e9,1e12]"])
-    assert kept.hparams.budgets == [6e9]  # the LR-grid budgets still in the sweep are kept
+    with pytest.warns(UserWarning, match=r"keeps the budgets \['2e\+10'\]"):
+        kept = load_spec("tiny-cpu", ["budgets.values=[2e10,1e12]"])
+    assert kept.hparams.budgets == [2e10]  # the LR-grid budgets still in the sweep are kept
 
 
 def test_a_missing_tokenizer_extra_is_caught_at_plan_time(small, monkeypatch):
