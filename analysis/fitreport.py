@@ -215,6 +215,8 @@ def validate_meta(meta, where: str = "meta") -> dict:
     ladder = m["ladder"]
     if not isinstance(ladder, dict) or not all(isinstance(v, int) and v > 0 for v in ladder.values()):
         raise ConfigError(f"{where}.ladder", "a JSON object of shape options -> positive integers", ladder)
+    if m.get("lr_width_exponent") is not None:
+        m["lr_width_exponent"] = _number(m["lr_width_exponent"], f"{where}.lr_width_exponent")
     return m
 
 

@@ -882,3 +882,32 @@ def _mark_span(law: PowerLawFit, member: str, intervals: dict, unreliable: dict)
         return
     intervals[name] = interval_from_draws(draws, method=law.intervals["exponent"].method)
     unreliable.update(unreliable_reasons({}, intervals, spans=(name,)))
+
+
+WIDTH_RULE_TOL = 0.005  # max |residual| of ln lr = c - w ln d_model for the isoFLOP runs' LRs to count as one rule
+# (the planner rounds each LR to 4 significant digits: residuals <= 5e-4)
+MIN_RULE_WIDTHS = 3  # distinct widths at a budget needed to read its rule
+
+
+def width_lr_exponent(runs: pd.DataFrame) -> float | None:
+    """The width rule the sweep trained its isoFLOP models with, read from the runs: w when, at every budget with at
+    least MIN_RULE_WIDTHS widths, their LRs follow lr = c_budget * d_model^-w exactly (one w for all budgets; a sweep's
+    `train.lr_width`). None when there is no such rule (LRs tuned per model, or no d_model / lr / budget column) or
+    when w is 0 (one LR for every width)."""
+    if not {"lr", "d_model", "budget"} <= set(runs.columns):
+        return None
+    rows = runs[runs["kind"] == "isoflop"] if "kind" in runs.columns else runs
+    slopes = []
+    for _, group in rows.groupby("budget"):
+        lr, d = group["lr"].to_numpy(float), group["d_model"].to_numpy(float)
+        ok = np.isfinite(lr) & np.isfinite(d) & (lr > 0) & (d > 0)
+        lr, d = np.log(lr[ok]), np.log(d[ok])
+        if np.unique(d).size < MIN_RULE_WIDTHS:
+            continue
+        slope, intercept = np.polyfit(d, lr, 1)
+        if np.max(np.abs(lr - (intercept + slope * d))) > WIDTH_RULE_TOL:
+            return None
+        slopes.append(-slope)
+    if not slopes or np.ptp(slopes) > 2 * WIDTH_RULE_TOL or abs(float(np.mean(slopes))) < 2 * WIDTH_RULE_TOL:
+        return None
+    return round(float(np.mean(slopes)), 3)

@@ -27,7 +27,7 @@ from analysis.fitreport import (
     sensitivity_interval,
     sensitivity_spread,
 )
-from analysis.hyperparams import fit_hyperparams
+from analysis.hyperparams import fit_hyperparams, width_lr_exponent
 from analysis.isoflop import fit_isoflop
 from analysis.parametric import fit_parametric
 from analysis.powerlaw import fit_saturating
@@ -40,7 +40,7 @@ from scaling.errors import ConfigError
 __all__ = ["FitReport", "fit_all", "load_fit", "render_markdown", "write_report"]
 
 LAW_ALIASES = {"loss": "loss_vs_compute", "approach1": "envelope", "approach2": "isoflop", "approach3": "parametric"}
-RUN_COLUMNS = ("run_id", "kind", "N", "D", "C", "loss", "budget", "lr", "batch_size", "seed")
+RUN_COLUMNS = ("run_id", "kind", "N", "D", "C", "loss", "budget", "lr", "batch_size", "seed", "d_model")
 DEFAULT_TARGET_FACTOR = 100.0  # target budget = this x the largest fitted budget when none is given
 
 
@@ -185,6 +185,7 @@ def _meta(df: pd.DataFrame, excluded: list[dict], target_budget: float | None, n
             value = df[key].dropna().mode().iloc[0]
             meta[key] = value.item() if hasattr(value, "item") else value
     meta["ladder"] = _fixed_ladder_options(df)
+    meta["lr_width_exponent"] = width_lr_exponent(df)  # the sweep's lr ~ d_model^-w rule, read from its runs
     cols = [c for c in RUN_COLUMNS if c in df.columns]
     meta["runs"] = json_safe(df[cols].to_dict("records"))
     return meta

@@ -299,3 +299,26 @@ def test_bad_input():
         fit_hyperparams(runs, cell_bootstrap="cells")
     with pytest.raises(ConfigError, match="budgets"):  # a scan at one budget only: no law in C
         fit_hyperparams(runs[runs["budget"] == BUDGETS[0]], n_boot=0)
+
+
+def _isoflop_runs(lr_of_width) -> pd.DataFrame:
+    rows = [(budget, d, lr_of_width(d, budget), "isoflop") for budget in (1e10, 1e11) for d in (8, 10, 13, 17, 22)]
+    return pd.DataFrame(rows, columns=["budget", "d_model", "lr", "kind"])
+
+
+def test_width_lr_exponent_reads_the_sweeps_width_rule_from_its_runs():
+    from analysis.hyperparams import width_lr_exponent
+
+    mup = _isoflop_runs(lambda d, c: float(f"{0.04 * 12 / d:.4g}"))  # lr ~ 1/d, rounded as the planner rounds
+    assert width_lr_exponent(mup) == pytest.approx(1.0, abs=1e-3)
+    half = _isoflop_runs(lambda d, c: 0.3 * d ** -0.5 * (c / 1e10) ** -0.1)  # its own level at every budget
+    assert width_lr_exponent(half) == pytest.approx(0.5, abs=1e-3)
+    assert width_lr_exponent(_isoflop_runs(lambda d, c: 0.04)) is None  # one LR for every width: nothing to move
+    rng = np.random.default_rng(0)
+    tuned = _isoflop_runs(lambda d, c: 0.04 * 12 / d * float(np.exp(rng.normal(0, 0.2))))
+    assert width_lr_exponent(tuned) is None  # LRs tuned per model follow no rule
+    mixed = _isoflop_runs(lambda d, c: 0.04 * (12 / d) ** (1.0 if c < 5e10 else 0.5))
+    assert width_lr_exponent(mixed) is None  # two budgets, two rules
+    assert width_lr_exponent(mup.drop(columns="d_model")) is None
+    scan = pd.concat([mup, mup.assign(lr=mup["lr"] * 2, kind="hparam")])  # LR-scan runs do not blur the rule
+    assert width_lr_exponent(scan) == pytest.approx(1.0, abs=1e-3)

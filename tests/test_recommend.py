@@ -291,3 +291,36 @@ def test_shape_keeps_the_depth_and_head_size_every_fitted_run_shared(size_report
     assert fixed.model["n_layer"] == 2 and fixed.model["d_model"] == 2 * fixed.model["n_heads"]
     assert free.model["n_layer"] != 2
     assert fixed.params["N_shape"] == pytest.approx(fixed.params["N"], rel=0.3)
+
+
+def _lr_law_unreliable(d):
+    d["hyperparams"]["unreliable"]["lr_exponent"] = "exponent 1.7 outside [-1, 1]"
+
+
+def _width_rule(d):
+    """The sweep trained at lr ~ 1 / d_model: its runs carry their width, and meta the rule read from them."""
+    _lr_law_unreliable(d)
+    d["meta"]["lr_width_exponent"] = 1.0
+    for run in d["meta"]["runs"]:
+        run["d_model"] = float(max(1, round((run["N"] * 64 / 12) ** (1 / 3))))  # N = 12 L d^2 with d = 64 L
+
+
+def test_a_measured_lr_moves_to_the_recommended_width_by_the_sweeps_width_rule(report):
+    held = recommend(_edited(report, _lr_law_unreliable), 1e19)
+    moved_report = _edited(report, _width_rule)
+    moved = recommend(moved_report, 1e19)
+    cell = held.diagnostics["lr_measured_cell"]
+    runs = moved_report.runs
+    d_cell = float(runs.loc[np.isclose(runs["N"], cell["N"], rtol=1e-3), "d_model"].iloc[0])
+    d_target = moved.params["d_model"]
+    assert d_target > 1.5 * d_cell, "the test needs a recommended width well above the scanned cell's"
+    assert moved.params["lr"] == pytest.approx(held.params["lr"] * d_cell / d_target)
+    d_iv, lr_iv, held_iv = moved.intervals["d_model"], moved.intervals["lr"], held.intervals["lr"]
+    assert (lr_iv.lo, lr_iv.hi) == pytest.approx((held_iv.lo * d_cell / d_iv.hi, held_iv.hi * d_cell / d_iv.lo))
+    assert lr_iv.lo < moved.params["lr"] < lr_iv.hi
+    assert "width rule" in moved.sources["lr"] and "width rule" in moved.fallbacks["lr"]
+    assert not any(w.startswith("lr: held at the optimum") for w in moved.warnings)
+    assert any("moved to d_model" in w for w in moved.warnings)
+    # without a rule in the runs (one LR for every width) the optimum is held constant, as before
+    assert held.params["lr"] == pytest.approx(recommend(_edited(report, _lr_law_unreliable), 1e19).params["lr"])
+    assert "width rule" not in held.sources["lr"]
