@@ -647,6 +647,7 @@ def fit_isoflop(df: pd.DataFrame, *, window: float | None = None, n_boot: int = 
         frontier, model_error["L_frontier"] = _frontier(logC, L_est, L_draws, label, frontier_reason, rng)
     fields = allocation_fields(laws["N"], laws["D"], laws["L"])
     unreliable = fields.pop("unreliable")
+    bend = _frontier_bend(logC, L_est, L_draws, label)
     table = _budget_table(profiles, label, reason)
     unreliable.update(_budget_unreliable(table))
     diagnostics = {"n_budgets": len(profiles), "n_used": len(used), "n_runs": len(df),
@@ -655,6 +656,8 @@ def fit_isoflop(df: pd.DataFrame, *, window: float | None = None, n_boot: int = 
                    "bootstrap": label, "min_points_per_side": min_points_per_side,
                    "flagged": {f"{pr.budget:.4g}": pr.flags for pr in profiles if pr.flags}, "k": k_value,
                    "model_error_log10": model_error}
+    if bend:
+        diagnostics["frontier_bend"] = bend
     if not noise.determined:
         diagnostics["noise"] = noise.reason
     if law_reason:
@@ -668,6 +671,35 @@ def fit_isoflop(df: pd.DataFrame, *, window: float | None = None, n_boot: int = 
 
 
 # ---------------------------------------------------------------- the loss frontier L(C) = E + A C^-gamma
+
+
+def _frontier_bend(logC: np.ndarray, L: np.ndarray, L_draws: np.ndarray | None, method: str) -> dict:
+    """How the optimal losses bend in log-log: the local slopes d ln L / d ln C between neighbouring budgets, and the
+    curvature c2 of ln L = c0 + c1 x + c2 x^2 (x = ln C) with its interval over the vertex draws (>= 3 budgets).
+
+    c2 > 0 (the decrease slows) is what an irreducible loss does, and the frontier L = E + A C^-gamma follows it;
+    c2 < 0 (the decrease speeds up) is a bend that no law here can extrapolate: `accelerates` is then True when the
+    interval excludes 0, and a power law through these budgets overpredicts the loss at larger ones."""
+    if L.size < 3:
+        return {}
+    x = logC * math.log(10)
+    x = x - x.mean()
+    X = np.column_stack([np.ones_like(x), x, x ** 2])
+    out = {"local_slopes": [float(v) for v in np.diff(np.log(L)) / np.diff(x)],
+           "curvature": float(np.linalg.lstsq(X, np.log(L), rcond=None)[0][2])}
+    if L_draws is None:
+        out["curvature_interval"] = "undetermined: no vertex draws"
+        return out
+    with np.errstate(invalid="ignore", divide="ignore"):
+        y = np.log(L_draws)
+    ok = np.isfinite(y).all(axis=1)
+    c2 = np.full(len(y), np.nan)
+    if ok.any():
+        c2[ok] = np.linalg.lstsq(X, y[ok].T, rcond=None)[0][2]
+    iv = interval_from_draws(c2, method=method)
+    out["curvature_interval"] = list(iv) if iv.determined else f"undetermined: {iv.reason}"
+    out["accelerates"] = bool(iv.determined and iv.hi < 0)
+    return out
 
 
 def saturating_batch(logC: np.ndarray, L: np.ndarray, n_grid: int = 64, n_refine: int = 2) -> np.ndarray:

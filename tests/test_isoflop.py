@@ -280,3 +280,26 @@ def test_parabola_bias_is_added_only_when_the_cubic_sees_it():
     narrow = SweepDesign(n_budgets=4, n_per_budget=7, half_width=0.4, noise=0.005, n_seeds=2)
     fit = fit_isoflop(simulate_sweep(narrow, seed=1), n_boot=300)
     assert (fit.budgets["bias_sd"] == 0).all()
+
+
+def test_a_frontier_that_falls_faster_at_larger_budgets_is_detected():
+    """Chinchilla-like optimal losses decelerate (an irreducible loss): not flagged. Bending them so that they fall
+    faster at larger budgets, as tiny byte-level models do (d ln L / d ln C from -0.05 to -0.10 in the demo), is
+    detected, and the recommendation's expected loss is marked unreliable because no loss law can follow it."""
+    from analysis.recommend import recommend
+    from analysis.report import fit_all
+
+    design = SweepDesign(n_budgets=4, span=30, n_per_budget=6, half_width=0.5, noise=0.004, n_seeds=2)
+    df = simulate_sweep(design, seed=3)
+    plain = fit_isoflop(df, n_boot=400).diagnostics["frontier_bend"]
+    assert plain["accelerates"] is False and len(plain["local_slopes"]) == 3
+    x = np.log(df["budget"].to_numpy(float) / np.sqrt(design.budgets[0] * design.budgets[-1]))
+    bent_df = df.assign(loss=df["loss"] * np.exp(-0.02 * x ** 2))  # ln L gains -0.02 (ln C)^2: accelerates
+    bent = fit_isoflop(bent_df, n_boot=400).diagnostics["frontier_bend"]
+    assert bent["accelerates"] is True and bent["curvature_interval"][1] < 0
+    assert bent["local_slopes"][-1] < bent["local_slopes"][0] < 0
+    assert bent["curvature"] == pytest.approx(plain["curvature"] - 0.02, abs=0.005)
+    marked = recommend(fit_all(bent_df, laws=["isoflop", "loss"], n_boot=100, backtest=False), 100 * design.budgets[-1])
+    assert "fall faster at larger budgets" in marked.unreliable["expected_loss"]
+    clean = recommend(fit_all(df, laws=["isoflop", "loss"], n_boot=100, backtest=False), 100 * design.budgets[-1])
+    assert "fall faster" not in clean.unreliable.get("expected_loss", "")
