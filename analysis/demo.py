@@ -12,8 +12,9 @@ two stages, the adaptive design a careful researcher would use:
    interior rather than on the edge of the grid.
 
 At every budget the models nearest the prior optimum also train with the preset's replicate seeds, so the noise
-model estimates sigma from replicates. `--seed S` sets every run's seed: S for the main runs, and each replicate seed
-r becomes r + REPLICATE_SEED_STRIDE * S, so no demo seed's replicate is another demo seed's main run.
+model estimates sigma from replicates. `--seed S` (0 <= S < REPLICATE_SEED_STRIDE) sets every run's seed: S for the
+main runs, and each replicate seed r of the preset becomes REPLICATE_SEED_STRIDE * r + S, so the demo seeds share no
+run: no demo seed's replicate is another's main run or replicate.
 
 Both stages share one store (`--out`, default results/demo), so a second invocation trains nothing and reproduces the
 same fits. Then it fits everything (approach 2 and 3, L(C), the LR law, with bootstrap intervals), backtests by
@@ -36,9 +37,10 @@ from scaling.errors import ConfigError
 PRESET = "tiny-cpu"
 TARGET_FACTOR = 100.0  # recommend for this multiple of the largest trained budget
 EXPONENT_RANGE = (0.55, 0.75)  # the stage-2 prior exponent is clipped into this range. Two budgets 3x apart pin it
-# badly: stage 1 gave 0.65+ (seed 0) and 0.40 (seed 1), while all four budgets gave a = 0.63-0.68 (seed 0); with 0.40
-# seed 1's 1.8e11 grid (2.4e3-9.7e3) missed its optimum (edge_minimum, budget dropped)
-REPLICATE_SEED_STRIDE = 1000  # --seed S moves the preset's replicate seeds r to r + 1000 S, away from 0, 1, 2, ...
+# badly: stage 1 gave 0.40 in a pilot (its largest grid then missed the optimum: edge_minimum); with the current preset
+# it gave 0.577, 0.550 (clipped) and 0.550 (clipped) for seeds 0-2, while all four budgets gave a = 0.58-0.61
+REPLICATE_SEED_STRIDE = 1000  # --seed S (< 1000) moves the preset's replicate seeds r to 1000 r + S: distinct
+# from every demo seed's main seed (0..999) and from every other demo seed's replicates
 # --quick: a smaller sweep (3 budgets spanning 4x, 3 models each) for tests and a first look, about a minute.
 QUICK_OVERRIDES = [
     "budgets.values=[5e9, 1e10, 2e10]",
@@ -62,12 +64,14 @@ def demo_spec(name: str, quick: bool, overrides: list[str] | tuple[str, ...] = (
 
 
 def seed_overrides(spec, seed: int) -> list[str]:
-    """Overrides that give every run of the demo seed `seed`: train.seeds = [seed], and each replicate seed r of the
-    preset becomes r + REPLICATE_SEED_STRIDE * seed, so the replicates of different demo seeds are distinct runs too
-    (never another demo seed's main run)."""
+    """Overrides that give every run of the demo seed `seed` (0 <= seed < REPLICATE_SEED_STRIDE): train.seeds =
+    [seed], and each replicate seed r of the preset becomes REPLICATE_SEED_STRIDE * r + seed, so different demo seeds
+    share no run (a replicate is never another demo seed's main run or replicate)."""
+    if not 0 <= int(seed) < REPLICATE_SEED_STRIDE:
+        raise ConfigError("--seed", f"an integer in 0..{REPLICATE_SEED_STRIDE - 1}", seed)
     overrides = [f"train.seeds=[{int(seed)}]"]
     if spec.grid.replicate_seeds:
-        shifted = [int(r) + REPLICATE_SEED_STRIDE * int(seed) for r in spec.grid.replicate_seeds]
+        shifted = [REPLICATE_SEED_STRIDE * int(r) + int(seed) for r in spec.grid.replicate_seeds]
         overrides.append(f"grid.replicate_seeds={shifted}")
     return overrides
 
@@ -238,8 +242,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Entry point of `scaling demo`."""
-    if args.seed < 0:
-        raise ConfigError("--seed", "a non-negative integer", args.seed)
+    if not 0 <= args.seed < REPLICATE_SEED_STRIDE:
+        raise ConfigError("--seed", f"an integer in 0..{REPLICATE_SEED_STRIDE - 1}", args.seed)
     out = Path(args.out)
     if args.seed and out == Path("results/demo"):
         out = out.with_name(f"demo-seed{args.seed}")

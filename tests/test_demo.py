@@ -100,10 +100,26 @@ def test_demo_seed_moves_every_runs_seed_including_the_replicates():
     assert preset.grid.replicate_seeds, "the demo preset trains replicates for the noise model"
     spec = demo_spec("demo", quick=True, overrides=seed_overrides(preset, 2))
     assert spec.train.seeds == [2]
-    assert spec.grid.replicate_seeds == [r + 2 * REPLICATE_SEED_STRIDE for r in preset.grid.replicate_seeds]
+    assert spec.grid.replicate_seeds == [REPLICATE_SEED_STRIDE * r + 2 for r in preset.grid.replicate_seeds]
     seeds = {r.tags["seed"] for r in plan(spec)}
     assert seeds == {2, *spec.grid.replicate_seeds}
 
+
+
+def test_demo_seeds_share_no_run():
+    """Seed 0's replicates are not seed 1's main runs (they were, with replicate seed r + 1000 S): the three demo
+    seeds are independent sweeps."""
+    from analysis.demo import demo_spec, seed_overrides
+    from scaling.errors import ConfigError
+
+    preset = demo_spec("demo", quick=True)
+    seen: dict[int, int] = {}
+    for demo_seed in range(4):
+        spec = demo_spec("demo", quick=True, overrides=seed_overrides(preset, demo_seed))
+        for seed in [*spec.train.seeds, *spec.grid.replicate_seeds]:
+            assert seen.setdefault(seed, demo_seed) == demo_seed, f"seed {seed} is in demo seeds {seen[seed]} and {demo_seed}"
+    with pytest.raises(ConfigError, match="--seed"):
+        seed_overrides(preset, 1000)
 
 def test_replicates_of_the_best_lr_reach_the_noise_model():
     """Two seeds of the best LR at each size are both kept (mean loss decides the best LR), never the luckier one."""
