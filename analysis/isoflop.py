@@ -349,6 +349,13 @@ class IsoflopFit(AllocationFit):
                          f"{r['L_opt']:.4f}   {','.join(r['flags']) or '-'}{'' if r['used'] else ' (not used)'}")
         if self.L_frontier is not None:
             lines.append("  " + self.L_frontier.headline())
+        bend = self.diagnostics.get("frontier_bend")
+        if bend:
+            iv = bend.get("curvature_interval")
+            iv = f"95% [{iv[0]:.3g}, {iv[1]:.3g}]" if isinstance(iv, list) else str(iv)
+            verdict = " - falls faster at larger budgets: no loss law here follows it" if bend.get("accelerates") else ""
+            lines.append("  frontier bend: d ln L_opt / d ln C between budgets " + ", ".join(
+                f"{v:.3f}" for v in bend["local_slopes"]) + f"; curvature in ln C {bend['curvature']:.3g} {iv}{verdict}")
         return lines
 
 

@@ -295,7 +295,11 @@ def test_a_frontier_that_falls_faster_at_larger_budgets_is_detected():
     assert plain["accelerates"] is False and len(plain["local_slopes"]) == 3
     x = np.log(df["budget"].to_numpy(float) / np.sqrt(design.budgets[0] * design.budgets[-1]))
     bent_df = df.assign(loss=df["loss"] * np.exp(-0.02 * x ** 2))  # ln L gains -0.02 (ln C)^2: accelerates
-    bent = fit_isoflop(bent_df, n_boot=400).diagnostics["frontier_bend"]
+    bent_fit = fit_isoflop(bent_df, n_boot=400)
+    bent = bent_fit.diagnostics["frontier_bend"]
+    assert any("falls faster at larger budgets" in line for line in bent_fit.table_lines())
+    again = FitResult.from_dict(json.loads(json.dumps(bent_fit.to_dict())))
+    assert again.diagnostics["frontier_bend"] == bent
     assert bent["accelerates"] is True and bent["curvature_interval"][1] < 0
     assert bent["local_slopes"][-1] < bent["local_slopes"][0] < 0
     assert bent["curvature"] == pytest.approx(plain["curvature"] - 0.02, abs=0.005)
