@@ -218,14 +218,14 @@ def recommend(fit, budget: float, *, family: str | None = None, seq_len: int | N
         iv = rec.intervals[key]
         if iv.determined:
             rec.intervals[key] = dataclasses.replace(iv, lo=float(math.floor(iv.lo)), hi=float(math.ceil(iv.hi)))
+
+    _mark_bent_frontier(rec, report)
+    _add_shape(rec, report, family=family, seq_len=seq_len, vocab_size=vocab_size, param_count=param_count)
+    _place_measured_lr(rec, report)
     for key, iv in rec.intervals.items():
         ratio = iv.span_ratio()
         if ratio > MAX_SPAN_RATIO and key not in rec.unreliable:
             rec.unreliable[key] = f"interval spans {ratio:.3g}x (> {MAX_SPAN_RATIO:g}x)"
-
-    _mark_bent_frontier(rec, report)
-    _add_shape(rec, report, family=family, seq_len=seq_len, vocab_size=vocab_size, param_count=param_count)
-    _transfer_lr_by_width(rec, report)
     rec.extrapolation_factor = budget / float(meta["max_budget"])
     rec.warnings = (_range_warnings(budget, meta) + rec.warnings + _diagnostic_warnings(report)
                     + [f"{rec.label(key)} is UNRELIABLE: {why}" for key, why in rec.unreliable.items()])
@@ -339,19 +339,19 @@ def _hyperparam(law_name: str, report: FitReport, budget: float, rec: Recommenda
     measured = _measured_lr(hp) if law_name == "lr_opt" and hp is not None else None
     if law is None:
         why = "no hyperparams fit" if hp is None else f"no {law_name} law in the hyperparams fit"
-        return _fall_back(rec, key, measured, published, f"({why})", budget)
+        return _fall_back(rec, key, measured, published, f"({why})")
     fitted = _with_span(Estimate(float(law.predict(budget)), law.predict_samples(budget), _method(law),
                                  f"hyperparams.{law_name}",
                                  _reasons((hp, (law_name, law_name.replace("_opt", "_exponent"),
                                                f"{law_name}_at_largest_budget")), (law, None))))
     if fitted.unreliable:
         return _fall_back(rec, key, measured, published,
-                          f"instead of {fitted.source}, which is UNRELIABLE: {fitted.unreliable}", budget)
+                          f"instead of {fitted.source}, which is UNRELIABLE: {fitted.unreliable}")
     return fitted
 
 
 def _fall_back(rec: Recommendation, key: str, measured: tuple[Estimate, float] | None, published: Estimate,
-               why: str, budget: float) -> Estimate:
+               why: str) -> Estimate:
     """Use the measured optimum when there is one, else the published law; record which and why."""
     if measured is None:
         rec.fallbacks[key] = f"{published.source} {why} (fitted with C = non-embedding FLOPs/token x tokens)"
@@ -359,11 +359,6 @@ def _fall_back(rec: Recommendation, key: str, measured: tuple[Estimate, float] |
     estimate, measured_at = measured
     rec.fallbacks[key] = f"{estimate.source} {why}"
     rec.diagnostics["lr_measured_cell"] = {"C": measured_at, "N": estimate.cell_N}
-    published_law = PUBLISHED_LAWS["lr_opt"]
-    drift = float(published_law.predict(budget) / published_law.predict(measured_at))
-    rec.warnings.append(f"{key}: held at the optimum measured at {measured_at:.3g} FLOPs; the data do not say how it "
-                        f"drifts with C (DeepSeek LLM's published exponent {DEEPSEEK_LR[1]} would scale it by "
-                        f"x{drift:.2f} at this budget)")
     return estimate
 
 
@@ -404,44 +399,52 @@ def _mark_bent_frontier(rec: Recommendation, report: FitReport) -> None:
         "cannot bend that way, so they overpredict the loss beyond the fitted budgets")
 
 
-def _transfer_lr_by_width(rec: Recommendation, report: FitReport) -> None:
-    """When the LR is a measured cell's optimum and the sweep trained its isoFLOP models with a width rule lr ~
-    d_model^-w (read from its runs: meta lr_width_exponent), move that optimum to the recommended width by the same
-    rule instead of holding it constant: the cell's interval is scaled by the rule at both ends of the recommended
-    width's interval. Nothing changes without the rule, the cell's width or a recommended shape."""
-    cell, w = rec.diagnostics.get("lr_measured_cell"), report.meta.get("lr_width_exponent")
-    d_target = rec.params.get("d_model")
-    if not cell or not w or not d_target or "d_model" not in report.runs.columns:
+def _place_measured_lr(rec: Recommendation, report: FitReport) -> None:
+    """When the LR is a measured cell's optimum: if the sweep trained its isoFLOP models with a width rule lr ~
+    d_model^-w (read from its runs: meta lr_width_exponent) and the cell's and the recommended widths are known, move
+    the optimum to the recommended width by that rule (the cell's interval scaled at both ends of the recommended
+    width's interval); otherwise it stays held constant, and a warning says how far the published law would drift."""
+    cell = rec.diagnostics.get("lr_measured_cell")
+    if not cell:
+        return
+    d_cell = _cell_width(report, cell)
+    w, d_target = report.meta.get("lr_width_exponent"), rec.params.get("d_model")
+    if not (w and d_target and d_cell):
+        drift = float(PUBLISHED_LAWS["lr_opt"].predict(rec.budget) / PUBLISHED_LAWS["lr_opt"].predict(cell["C"]))
+        rec.warnings.append(f"lr: held at the optimum measured at {cell['C']:.3g} FLOPs; the data do not say how it "
+                            f"drifts with C (DeepSeek LLM's published exponent {DEEPSEEK_LR[1]} would scale it by "
+                            f"x{drift:.2f} at this budget)")
         return
     runs = report.runs
-    same = np.isclose(runs["N"].astype(float), cell["N"], rtol=1e-3) & np.isclose(runs["budget"].astype(float),
-                                                                                  cell["C"], rtol=0.02)
-    widths = runs.loc[same, "d_model"].dropna()
-    if widths.empty:
-        return
-    d_cell = float(widths.mode().iloc[0])
     d_iv = rec.intervals.get("d_model")
     d_lo, d_hi = (d_iv.lo, d_iv.hi) if d_iv is not None and d_iv.determined else (d_target, d_target)
     lr_iv = rec.intervals["lr"]
     factor = (d_cell / d_target) ** w
     ends = [end * (d_cell / d) ** w for end in (lr_iv.lo, lr_iv.hi) for d in (d_lo, d_hi)]
     rec.params["lr"] *= factor
-    rec.intervals["lr"] = dataclasses.replace(lr_iv, lo=min(ends), hi=max(ends),
-                                              method=f"{lr_iv.method}, moved by the width rule over d_model's interval")
+    rec.intervals["lr"] = dataclasses.replace(lr_iv, lo=min(ends), hi=max(ends), method="cell scan, moved by the "
+                                              "sweep's width rule over d_model's interval")
     held = rec.sources["lr"]
     rec.sources["lr"] = (f"lr_opt measured at C = {cell['C']:.3g} FLOPs (compute-optimal cell, N = {cell['N']:.4g}, "
                          f"d_model {d_cell:.0f}), moved to d_model {d_target:.0f} by the sweep's width rule lr ~ "
                          f"d_model^-{w:g} (x{factor:.3g})")
     rec.fallbacks["lr"] = rec.fallbacks["lr"].replace(held, rec.sources["lr"])
-    rec.warnings = [x for x in rec.warnings if not x.startswith("lr: held at the optimum measured")]
     widths_run = runs["d_model"].dropna().astype(float)
     rec.warnings.append(f"lr: the optimum measured at {cell['C']:.3g} FLOPs (d_model {d_cell:.0f}) is moved to d_model "
                         f"{d_target:.0f} by the width rule the sweep trained its models with (lr ~ d_model^-{w:g}, "
                         f"read from its isoFLOP runs), x{factor:.3g}; the sweep tested that rule only over d_model "
                         f"{widths_run.min():.0f}-{widths_run.max():.0f}")
-    ratio = rec.intervals["lr"].span_ratio()
-    if ratio > MAX_SPAN_RATIO and "lr" not in rec.unreliable:
-        rec.unreliable["lr"] = f"interval spans {ratio:.3g}x (> {MAX_SPAN_RATIO:g}x)"
+
+
+def _cell_width(report: FitReport, cell: dict) -> float | None:
+    """d_model of the runs of the measured cell (its N at its budget), None when the runs do not record it."""
+    runs = report.runs
+    if "d_model" not in runs.columns or cell.get("N") is None:
+        return None
+    same = np.isclose(runs["N"].astype(float), cell["N"], rtol=1e-3) & np.isclose(runs["budget"].astype(float),
+                                                                                  cell["C"], rtol=0.02)
+    widths = runs.loc[same, "d_model"].dropna()
+    return float(widths.mode().iloc[0]) if not widths.empty else None
 
 
 def _round_batch(est: Estimate, seq_len: int | None) -> Estimate:
