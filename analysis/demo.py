@@ -195,7 +195,8 @@ def terminal_summary(report, rec, report_path: Path, t_train: float, t_total: fl
                      f"power law: {'yes' if pref == 'saturating' else 'no'})")
     if "hyperparams" in fits:
         f = fits["hyperparams"]
-        lines.append(f"LR law:  lr_opt = k * C^e   e = {_ci(f, 'lr_exponent')}")
+        lines.append(f"LR law:  lr_opt = k * C^e   e = {_ci(f, 'lr_exponent')}" if f.lr_opt is not None
+                     else f"LR law: {f.diagnostics.get('lr_opt', 'not fitted')}")
     if report.backtest is not None:
         lines.append("backtest (refit without the largest budget, predict it):")
         for row in _backtest_rows(report.backtest):

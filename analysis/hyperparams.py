@@ -25,7 +25,9 @@ out of its interval in simulations). When sizes vary, the Step-Law form lr(N, D)
 usable cell; likewise B_opt(C) and B(D) when a batch grid exists. These regressions weigh each point by its
 precision (its bootstrap variance) plus a between-cell scatter term (random effects, estimated by moments), so a law
 the cells do not follow gets wider intervals; each draw regresses the cells' bootstrap optima, interpolated at that
-draw's budget optimum N (redrawn from the cells' optimal losses with the noise model).
+draw's budget optimum N (redrawn from the cells' optimal losses with the noise model). With a located optimum at
+only one budget there is no law in C: the cells are reported and lr_opt stays None (a recommendation can then use
+that measured optimum, with its own interval, instead of a published law).
 """
 
 from __future__ import annotations
@@ -588,8 +590,8 @@ class HyperparamFit(FitResult):
     """Optimal-hyperparameter laws. params: lr_coef, lr_exponent (+ batch_coef, batch_exponent; steplaw_c,
     steplaw_p, steplaw_q; batch_D_coef, batch_D_exponent when fitted), draws by the same names.
 
-    .lr_opt, .batch_opt: PowerLawFit in C [FLOPs] over the compute-optimal cells (batch_opt None without a batch
-    grid); .batch_D: PowerLawFit of B_opt [tokens] in D [tokens] over all cells with a batch grid; .steplaw:
+    .lr_opt, .batch_opt: PowerLawFit in C [FLOPs] over the compute-optimal cells (lr_opt None when only one budget
+    has a located compute-optimal cell: diagnostics["lr_opt"] says why; batch_opt None without a batch grid); .batch_D: PowerLawFit of B_opt [tokens] in D [tokens] over all cells with a batch grid; .steplaw:
     StepLawFit lr(N, D) or None (diagnostics["steplaw"] says why); .cells: the per-cell table (optimum, interval,
     flags, which laws use it, its quadratic); .points: each cell's measured points (replicates averaged).
     """
@@ -597,8 +599,7 @@ class HyperparamFit(FitResult):
     kind: ClassVar[str] = "hyperparams"
     fit_members: ClassVar[tuple[str, ...]] = ("lr_opt", "batch_opt", "batch_D", "steplaw")
     table_members: ClassVar[tuple[str, ...]] = ("cells", "points")
-    positive_params: ClassVar[tuple[str, ...]] = ("lr_coef",)
-    optional_positive: ClassVar[tuple[str, ...]] = ("batch_coef", "batch_D_coef", "steplaw_c")
+    optional_positive: ClassVar[tuple[str, ...]] = ("lr_coef", "batch_coef", "batch_D_coef", "steplaw_c")
     cell_columns: ClassVar[tuple[str, ...]] = ("cell", "N", "D", "C", "scanned", "compute_optimal", "flags",
                                                "lr_opt", "used_lr_C")
     summary_keys: ClassVar[tuple[str, ...]] = ("n_cells", "n_scanned", "n_used_lr", "n_used_batch")
@@ -612,14 +613,16 @@ class HyperparamFit(FitResult):
 
     @classmethod
     def _from_dict(cls, d: dict) -> HyperparamFit:
-        """The base reader, then what is particular to this result: its lr law and per-cell table must be there,
-        and every coefficient that is present must be positive."""
+        """The base reader, then what is particular to this result: its lr law (or the reason it was not fitted)
+        and per-cell table must be there, and every coefficient that is present must be positive."""
         fit = super()._from_dict(d)
         for k in cls.optional_positive:
             if k in fit.params and not fit.params[k] > 0:
                 raise ConfigError(f"hyperparams.params.{k}", "a positive number", fit.params[k])
-        if not isinstance(fit.lr_opt, PowerLawFit):
-            raise ConfigError("hyperparams.lr_opt", "the lr_opt(C) law (a power_law result)", type(fit.lr_opt).__name__)
+        if not isinstance(fit.lr_opt, PowerLawFit) and not (
+                fit.lr_opt is None and isinstance(fit.diagnostics.get("lr_opt"), str) and "lr_coef" not in fit.params):
+            raise ConfigError("hyperparams.lr_opt", "the lr_opt(C) law (a power_law result), or null with "
+                              "diagnostics.lr_opt saying why and no lr_* params", type(fit.lr_opt).__name__)
         missing = [c for c in cls.cell_columns if c not in fit.cells.columns]
         if missing:
             raise ConfigError("hyperparams.cells", f"a per-cell table with columns {list(cls.cell_columns)}",
@@ -631,12 +634,12 @@ class HyperparamFit(FitResult):
 
     def predict(self, C) -> dict:
         """Optimal peak lr and batch size [tokens] at C [FLOPs]: {"lr_opt", "batch_opt"} (None without a law)."""
-        return {"lr_opt": self.lr_opt.predict(C),
+        return {"lr_opt": None if self.lr_opt is None else self.lr_opt.predict(C),
                 "batch_opt": None if self.batch_opt is None else self.batch_opt.predict(C)}
 
     def predict_samples(self, C) -> dict:
         """The same through every draw: arrays of shape (n_draws, *C.shape) (batch_opt None without a law)."""
-        return {"lr_opt": self.lr_opt.predict_samples(C),
+        return {"lr_opt": None if self.lr_opt is None else self.lr_opt.predict_samples(C),
                 "batch_opt": None if self.batch_opt is None else self.batch_opt.predict_samples(C)}
 
     def headline(self) -> str:
@@ -657,6 +660,8 @@ class HyperparamFit(FitResult):
         for law in (self.lr_opt, self.batch_opt, self.batch_D, self.steplaw):
             if law is not None:
                 lines.append("  " + law.headline())
+        if self.lr_opt is None and self.diagnostics.get("lr_opt"):
+            lines.append(f"  lr_opt(C): {self.diagnostics['lr_opt']}")
         if self.steplaw is None and self.diagnostics.get("steplaw"):
             lines.append(f"  Step-Law form: {self.diagnostics['steplaw']}")
         return "\n".join(lines)
@@ -783,8 +788,9 @@ def _laws(table: pd.DataFrame, by_index: dict[int, _Cell], target_draws: np.ndar
     lr_ok = (table["scanned"] & _flag_mask(table, LR_FLAGS)).to_numpy(bool)
     b_ok = (table["scanned"] & table["two_d"].astype(bool) & _flag_mask(table, BATCH_FLAGS)).to_numpy(bool)
     lr_points, table["used_lr_C"] = _budget_law_points(table, lr_ok, by_index, "lr", target_draws)
-    if np.unique(lr_points.x).size < MIN_LAW_CELLS:
-        raise _too_few_budgets(table, np.unique(lr_points.x).size)
+    n_lr_budgets = np.unique(lr_points.x).size
+    if n_lr_budgets == 0:
+        raise _too_few_budgets(table, 0)
 
     def power(points: _LawPoints, name: str, x_name: str, y_name: str) -> PowerLawFit:
         X = np.column_stack([np.ones_like(points.x), np.log10(points.x)])
@@ -792,10 +798,15 @@ def _laws(table: pd.DataFrame, by_index: dict[int, _Cell], target_draws: np.ndar
         return _power_law(points.x, 10 ** points.y, fit, method=points.method, name=name, x_name=x_name,
                           y_name=y_name)
 
-    laws = {"lr_opt": power(lr_points, "lr_opt(C)", "C [FLOPs]", "lr_opt"), "batch_opt": None, "batch_D": None,
-            "steplaw": None}
+    laws = {"lr_opt": None, "batch_opt": None, "batch_D": None, "steplaw": None}
     b_points, table["used_batch_C"] = _budget_law_points(table, b_ok, by_index, "batch", target_draws)
     diag = {"n_used_lr": len(lr_points.x), "lr_law_points": lr_points.records, "n_used_batch": len(b_points.x)}
+    if n_lr_budgets >= MIN_LAW_CELLS:
+        laws["lr_opt"] = power(lr_points, "lr_opt(C)", "C [FLOPs]", "lr_opt")
+    else:  # one located budget: its cells stand (a recommendation can use the measured optimum), but no law in C
+        table["used_lr_C"] = False
+        why = _too_few_budgets(table, n_lr_budgets)
+        diag.update({"n_used_lr": 0, "lr_opt": f"not fitted: expected {why.expected}; got {why.got}"})
     if np.unique(b_points.x).size >= MIN_LAW_CELLS:
         laws["batch_opt"] = power(b_points, "B_opt(C)", "C [FLOPs]", "B_opt [tokens]")
         diag["batch_law_points"] = b_points.records
@@ -829,8 +840,9 @@ def fit_hyperparams(df: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0, cell
     df: runs with N [params], D [tokens], lr, loss (+ batch_size [tokens], C [FLOPs], budget [FLOPs], seed; any
     `kind` column is ignored: cells are defined by N and D). cell_bootstrap: "auto" (runs when a cell has >=
     RUN_BOOTSTRAP_MIN_RUNS runs and that succeeds in >= 90% of draws, else residual), "runs" or "residual".
-    Raises ConfigError when no cell scans >= MIN_SCAN learning rates ("no LR scan: one LR per cell"), or when fewer
-    than MIN_LAW_CELLS budgets have a compute-optimal cell with a located, interior LR optimum.
+    Raises ConfigError when no cell scans >= MIN_SCAN learning rates ("no LR scan: one LR per cell"), or when no
+    budget has a compute-optimal cell with a located, interior LR optimum. With one such budget the cells are
+    returned without the lr_opt(C) law (lr_opt None; diagnostics["lr_opt"] says why): one budget gives no law in C.
     """
     if cell_bootstrap not in ("auto", "runs", "residual"):
         raise ConfigError("cell_bootstrap", '"auto", "runs" or "residual"', cell_bootstrap)

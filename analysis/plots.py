@@ -422,7 +422,8 @@ def _draw_cell_scans(ax, hp, cells: pd.DataFrame) -> list[np.ndarray]:
 
 def _draw_law_panel(ax, hp, law, what: str, unit: str) -> None:
     """Each scanned cell's located optimum vs C with its interval (cells the law uses in colour, flagged ones
-    hollow), each budget's point the law fits, and the law with its 95% band, over the cells' C range."""
+    hollow), each budget's point the law fits, and the law with its 95% band, over the cells' C range. Without a law
+    (law None: one budget located) the cells are drawn with the reason in place of the law."""
     cells = hp.cells[hp.cells["scanned"].astype(bool)]
     located = cells[np.isfinite(cells[f"{what}_opt"].astype(float))]
     lo_col, hi_col = f"{what}_lo", f"{what}_hi"
@@ -438,14 +439,18 @@ def _draw_law_panel(ax, hp, law, what: str, unit: str) -> None:
     if not points.empty:  # each budget's optimum at its optimum N (interpolated between cells): what the law fits
         ax.plot(points["C"], points[f"{what}_opt"], "D", color="C3", mec="k", ms=6, label="budget optimum (law input)")
     C = np.geomspace(cells["C"].min(), cells["C"].max(), 80)
-    ax.plot(C, law.predict(C), color="C3", lw=2,
-            label=f"{law.y_name} = {law.params['coef']:.3g}·C^{law.params['exponent']:.3f}")
-    band = _band(law.predict_samples(C))
-    if band is not None:
-        ax.fill_between(C, *band, color="C3", alpha=BAND_ALPHA, lw=0, label="95% band")
+    if law is None:
+        ax.text(0.5, 0.04, "no law in C: a located optimum at one budget only", transform=ax.transAxes,
+                ha="center", va="bottom", fontsize=7)
+    else:
+        ax.plot(C, law.predict(C), color="C3", lw=2,
+                label=f"{law.y_name} = {law.params['coef']:.3g}·C^{law.params['exponent']:.3f}")
+        band = _band(law.predict_samples(C))
+        if band is not None:
+            ax.fill_between(C, *band, color="C3", alpha=BAND_ALPHA, lw=0, label="95% band")
     _log_axes(ax, "x", "y")
     _clip_log(ax, "x", cells["C"], margin=1.5)
-    _clip_log(ax, "y", located[f"{what}_opt"], law.predict(C), margin=2.0)
+    _clip_log(ax, "y", located[f"{what}_opt"], *([] if law is None else [law.predict(C)]), margin=2.0)
     ax.set_xlabel("cell compute C (FLOPs)")
     ax.set_ylabel(unit)
     ax.legend(fontsize=7)
@@ -455,9 +460,9 @@ def _draw_law_panel(ax, hp, law, what: str, unit: str) -> None:
 def plot_hyperparams(fit) -> Figure | None:
     """The LR (and batch) figure: per cell, the measured loss vs lr, the fitted quadratic and the located optimum
     with its interval; then lr_opt vs C across cells with the law and its band (and B_opt vs C with a batch law).
-    Takes a FitReport, a fit.json dict or path, or a HyperparamFit (or its to_dict()); None without LR laws."""
+    Takes a FitReport, a fit.json dict or path, or a HyperparamFit (or its to_dict()); None without scanned cells."""
     hp = _hyperparam_result(fit)
-    if hp is None or hp.lr_opt is None or hp.cells.empty or hp.points.empty:
+    if hp is None or hp.cells.empty or hp.points.empty:
         return None
     panels = 3 if hp.batch_opt is not None else 2
     fig = Figure(figsize=(5.2 * panels, 4.6), layout="constrained")
@@ -472,7 +477,8 @@ def plot_hyperparams(fit) -> Figure | None:
     axes[0].legend(fontsize=6, title="cell (* = compute-optimal)", title_fontsize=7)
     axes[0].grid(True, alpha=0.3)
     _draw_law_panel(axes[1], hp, hp.lr_opt, "lr", "loss-optimal peak learning rate")
-    axes[1].set_title("lr_opt(C) across cells", fontsize=9)
+    axes[1].set_title("lr_opt(C) across cells" if hp.lr_opt is not None else
+                      "lr_opt per cell (one budget located: no law in C)", fontsize=9)
     if hp.batch_opt is not None:
         _draw_law_panel(axes[2], hp, hp.batch_opt, "batch", "loss-optimal batch size (tokens)")
         axes[2].set_title("B_opt(C) across cells", fontsize=9)

@@ -380,12 +380,17 @@ def _param_rows(fit: FitResult) -> list[str]:
 
 
 def _result_md(fit: FitResult) -> list[str]:
-    """A law's parameter table, its noise model and its full summary (per-budget tables, member laws)."""
-    lines = ["| parameter | estimate | 95% interval (resamples ok/total) | note |", "|---|---|---|---|"]
-    lines += _param_rows(fit)  # member laws (N_opt, lr_opt, ...) appear here under their parent's names
-    lines += [f"| {name} | – | – | **UNRELIABLE**: {why} |" for name, why in fit.unreliable.items()
-              if name not in fit.params and name not in fit.intervals]
-    lines.append("")
+    """A law's parameter table (or, for a result without parameters, why it has none), its noise model and its full
+    summary (per-budget tables, member laws)."""
+    rows = _param_rows(fit)  # member laws (N_opt, lr_opt, ...) appear here under their parent's names
+    rows += [f"| {name} | – | – | **UNRELIABLE**: {why} |" for name, why in fit.unreliable.items()
+             if name not in fit.params and name not in fit.intervals]
+    if rows:
+        lines = ["| parameter | estimate | 95% interval (resamples ok/total) | note |", "|---|---|---|---|", *rows, ""]
+    else:
+        why = "; ".join(f"{k}: {v}" for k, v in fit.diagnostics.items() if isinstance(v, str) and
+                        v.startswith("not fitted"))
+        lines = [f"No law was fitted{' (' + why + ')' if why else ''}; the per-cell results are below.", ""]
     if fit.noise:
         lines += [(f"Noise: σ = {_fmt(fit.noise.get('sigma'), 3)} with {fit.noise.get('dof')} degrees of freedom "
                   f"({fit.noise.get('source')})."), ""]

@@ -297,8 +297,24 @@ def test_bad_input():
         fit_hyperparams(bad)
     with pytest.raises(ConfigError, match="cell_bootstrap"):
         fit_hyperparams(runs, cell_bootstrap="cells")
-    with pytest.raises(ConfigError, match="budgets"):  # a scan at one budget only: no law in C
-        fit_hyperparams(runs[runs["budget"] == BUDGETS[0]], n_boot=0)
+    edge = scan_sweep(lr_shift={(i, 1): 1.2 for i in range(len(BUDGETS))})  # every compute-optimal scan misses
+    with pytest.raises(ConfigError, match="0 usable of 4 budgets.*edge_lr"):
+        fit_hyperparams(edge, n_boot=0)
+
+
+def test_a_scan_at_one_budget_gives_its_cells_and_no_law_in_C():
+    fit = fit_hyperparams(scan_sweep(seed=3, n_seeds=2).query(f"budget == {BUDGETS[1]}"), n_boot=100)
+    assert fit.lr_opt is None and not any(k.startswith("lr_") for k in fit.params)
+    assert fit.predict(1e20) == {"lr_opt": None, "batch_opt": None}
+    assert fit.diagnostics["lr_opt"].startswith("not fitted: expected compute-optimal cells at >= 2 budgets")
+    best = fit.cells[fit.cells["compute_optimal"].astype(bool)]
+    assert len(best) == 1 and best["lr_lo"].item() < best["lr_opt"].item() < best["lr_hi"].item()
+    back = FitResult.from_dict(json.loads(json.dumps(fit.to_dict())))
+    assert back.lr_opt is None and back.summary() == fit.summary()
+    fig = plot_hyperparams(back)  # the scans and the located cell, with the reason in place of the law
+    assert isinstance(fig, Figure) and len(fig.axes) == 2
+    assert not [line for line in fig.axes[1].get_lines() if len(line.get_xdata()) > 2]  # no law curve
+    assert any("no law in C" in t.get_text() for t in fig.axes[1].texts)
 
 
 def _isoflop_runs(lr_of_width) -> pd.DataFrame:

@@ -10,7 +10,7 @@ import pytest
 
 from analysis.fitreport import FitReport
 from analysis.recommend import DEEPSEEK_LR, Recommendation, recommend
-from analysis.report import _fixed_ladder_options, fit_all
+from analysis.report import _fixed_ladder_options, _result_md, fit_all
 from analysis.result import Interval
 from analysis.simulate import synthetic_runs, true_optimal_n
 from scaling.errors import ConfigError
@@ -324,3 +324,34 @@ def test_a_measured_lr_moves_to_the_recommended_width_by_the_sweeps_width_rule(r
     # without a rule in the runs (one LR for every width) the optimum is held constant, as before
     assert held.params["lr"] == pytest.approx(recommend(_edited(report, _lr_law_unreliable), 1e19).params["lr"])
     assert "width rule" not in held.sources["lr"]
+
+
+def test_a_scan_located_at_one_budget_gives_its_measured_lr_not_a_published_law():
+    # LR scans at one budget only: no lr_opt(C) law (one budget gives no law in C), but the cells stand, and the
+    # recommendation takes that cell's measured optimum with its own interval instead of DeepSeek's published law
+    runs = synthetic_runs(hparam_grid=(5, 3), seed=0)
+    scanned = sorted(runs.loc[runs["kind"] == "hparam", "budget"].unique())
+    one = runs[(runs["kind"] != "hparam") | (runs["budget"] == scanned[-1])]
+    rep = fit_all(one, n_boot=60, seed=0, backtest=False)
+    hp = rep.fits["hyperparams"]
+    assert hp.lr_opt is None and hp.batch_opt is None and "lr_coef" not in hp.params
+    assert hp.diagnostics["lr_opt"].startswith("not fitted") and "1 usable" in hp.diagnostics["lr_opt"]
+    assert hp.diagnostics["n_used_lr"] == 0 and not hp.cells["used_lr_C"].any()
+    cells = hp.cells[hp.cells["compute_optimal"].astype(bool)]
+    assert len(cells) == 1 and np.isfinite(cells["lr_lo"]).all()
+    top = cells.iloc[0]
+    for source in (rep, _edited(rep, lambda d: None)):  # and through fit.json
+        rec = recommend(source, 1e19)
+        assert rec.sources["lr"].startswith(f"lr_opt measured at C = {top['C']:.3g}")
+        assert rec.params["lr"] == pytest.approx(top["lr_opt"])
+        assert (rec.intervals["lr"].lo, rec.intervals["lr"].hi) == pytest.approx((top["lr_lo"], top["lr_hi"]))
+        assert "no lr_opt law in the hyperparams fit" in rec.fallbacks["lr"]
+    assert "lr_opt(C): not fitted" in hp.summary()
+    md = "\n".join(_result_md(hp))  # the report says why there is no law instead of an empty parameter table
+    assert "No law was fitted (lr_opt: not fitted" in md and "| parameter |" not in md
+
+    def claims_a_law(d):  # a fit.json without the law must say why, and carry no lr_* params
+        d["hyperparams"]["diagnostics"].pop("lr_opt")
+
+    with pytest.raises(ConfigError, match="hyperparams.lr_opt"):
+        _edited(rep, claims_a_law)
