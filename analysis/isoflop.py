@@ -24,6 +24,9 @@ Model error, measured rather than assumed (benchmarks/bench_calibration.py): the
 of the isoFLOP curve on wide or off-centre grids (alpha != beta). Two terms widen the draws, each only when the
 data show it beyond the noise: per budget, the difference between a cubic's minimum and the parabola's (>= 5
 points); across budgets, the scatter of the optima about their law beyond their draws' spread (chi-square test).
+Lack of fit: a budget whose points scatter about its parabola beyond its 95% chi-square point under the noise model
+(the shortest runs are noisier than the replicates near the optimum, and a skewed profile is not a parabola) has the
+residual bootstrap's sigma scaled by sqrt(chi2 / dof) for its draws (the budget table's noise_scale).
 L_opt is extrapolated with the loss frontier L = E + A·C^-gamma through the budgets' optimal losses (>= 3 budgets),
 because a pure power law in C has no irreducible loss and lands far too low at 100x.
 """
@@ -138,6 +141,7 @@ class BudgetProfile:
     draws: dict[str, np.ndarray] = field(default_factory=dict)  # logN, logD, L per draw (NaN = failed)
     bias_sd: float = 0.0  # model-error spread added to the vertex draws [decades of N] (see _residual_draws)
     bias_L: float = 0.0  # the same for the vertex loss [nats/token]
+    noise_scale: float = 1.0  # the residual bootstrap's sigma for this budget, x sigma (see _lack_of_fit_scale)
 
     @property
     def vertex_N(self) -> tuple[float, float]:
@@ -345,8 +349,11 @@ class IsoflopFit(AllocationFit):
         for r in self.budgets.to_dict("records"):
             ci = (f"[{r['N_opt_lo']:.3g}, {r['N_opt_hi']:.3g}] ({r['n_ok']}/{r['n_total']})"
                   if not r.get("N_opt_reason") else f"undetermined: {r['N_opt_reason']}")
+            scale = r.get("noise_scale", 1.0)
+            scatter = (f"  (points scatter {scale:.2g}x the noise model: sigma x {scale:.2g} in its draws)"
+                       if scale and scale > 1 else "")
             lines.append(f"    {r['budget']:14.4g}   {r['N_opt']:10.4g} {ci}   {r['D_opt']:12.4g}   "
-                         f"{r['L_opt']:.4f}   {','.join(r['flags']) or '-'}{'' if r['used'] else ' (not used)'}")
+                         f"{r['L_opt']:.4f}   {','.join(r['flags']) or '-'}{'' if r['used'] else ' (not used)'}{scatter}")
         if self.L_frontier is not None:
             lines.append("  " + self.L_frontier.headline())
         bend = self.diagnostics.get("frontier_bend")
@@ -410,6 +417,18 @@ def _choose_bootstrap(requested: str, noise: NoiseEstimate, used: list[BudgetPro
     return "residual", "; ".join(can.values())
 
 
+def _lack_of_fit_scale(pr: BudgetProfile, sigma: float) -> float:
+    """sqrt(chi2 / dof) of the budget's parabola residuals against the noise model (relative sd sigma of one run,
+    sigma / sqrt(replicates) of a point) when that chi-square is beyond its 95% point, else 1: a budget whose points
+    scatter about its parabola more than the noise allows (a profile the parabola does not follow, or runs noisier
+    than the replicates near the optimum, such as the shortest ones) gets that much more noise in its draws."""
+    dof = int(pr.fit.sum()) - 3
+    if dof < 1 or not (math.isfinite(sigma) and sigma > 0):
+        return 1.0
+    chi2 = float(np.sum(pr.fitted()[3] * pr.residuals() ** 2) / sigma ** 2)
+    return math.sqrt(chi2 / dof) if chi2 > chdtri(dof, 0.05) else 1.0
+
+
 def _budget_draws(profiles, method: str, noise: NoiseEstimate, n_boot: int, rng) -> None:
     """Fill each profile's draws (per-budget vertices) for the residual or runs bootstrap."""
     sigma = noise.sigma_draws(n_boot, rng) if method == "residual" else None
@@ -417,7 +436,8 @@ def _budget_draws(profiles, method: str, noise: NoiseEstimate, n_boot: int, rng)
         if not np.isfinite(pr.coef_N).all() or not np.isfinite(pr.coef_D).all():
             pr.draws = {k: np.full(n_boot, np.nan) for k in ("logN", "logD", "L")}
         elif method == "residual":
-            pr.draws = _residual_draws(pr, sigma, rng)
+            pr.noise_scale = _lack_of_fit_scale(pr, float(noise.sigma))
+            pr.draws = _residual_draws(pr, sigma * pr.noise_scale, rng)
         else:
             pr.draws = _runs_draws(pr, n_boot, rng)
 
@@ -539,7 +559,7 @@ def _budget_table(profiles: list[BudgetProfile], method: str, reason: str) -> pd
                   if draws is None or reason else interval_from_draws(draws, method=method))
             lo, hi = (10 ** iv.lo, 10 ** iv.hi) if to_lin else (iv.lo, iv.hi)
             row.update({f"{key}_lo": lo, f"{key}_hi": hi, f"{key}_reason": iv.reason})
-        row.update(bias_sd=pr.bias_sd, bias_L=pr.bias_L, n_ok=int(np.isfinite(pr.draws["logN"]).sum()) if pr.draws else 0,
+        row.update(bias_sd=pr.bias_sd, bias_L=pr.bias_L, noise_scale=pr.noise_scale, n_ok=int(np.isfinite(pr.draws["logN"]).sum()) if pr.draws else 0,
                    n_total=int(pr.draws["logN"].size) if pr.draws else 0,
                    n_points=int(pr.logN.size), n_fit=int(pr.fit.sum()), n_runs=int(pr.weight.sum()),
                    flags=list(pr.flags), used=pr.used, best_N=float(10 ** pr.logN[best]),

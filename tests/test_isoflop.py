@@ -282,6 +282,26 @@ def test_parabola_bias_is_added_only_when_the_cubic_sees_it():
     assert (fit.budgets["bias_sd"] == 0).all()
 
 
+def test_a_budget_scattering_beyond_the_noise_model_gets_that_much_more_noise():
+    # replicates put sigma at 0.3%, but the smallest budget's points zig-zag by +-1.2% (both seeds of a point move
+    # together, so no replicate sees it): they scatter about the parabola far beyond the noise model, and that
+    # budget's draws get sqrt(chi2 / dof) x sigma (expected ~ 1.2 / 0.3 x sqrt(2 seeds) ~ 5.7)
+    design = SweepDesign(n_budgets=4, n_per_budget=7, half_width=0.5, noise=0.003, n_seeds=2)
+    runs = simulate_sweep(design, seed=3)
+    smallest = runs["budget"] == runs["budget"].min()
+    rank = runs.loc[smallest, "N"].rank(method="dense").astype(int)
+    noisy = runs.copy()
+    noisy.loc[smallest, "loss"] *= 1 + 0.012 * np.where(rank % 2 == 0, 1.0, -1.0)
+    before, after = fit_isoflop(runs, n_boot=400, seed=1), fit_isoflop(noisy, n_boot=400, seed=1)
+    assert (before.budgets["noise_scale"] == 1).all()
+    scale = after.budgets.set_index("budget")["noise_scale"]
+    assert scale.iloc[0] > 3 and (scale.iloc[1:] == 1).all()
+    width = {name: (f.budgets["N_opt_hi"] / f.budgets["N_opt_lo"]).iloc[0] for name, f in (("before", before),
+                                                                                         ("after", after))}
+    assert width["after"] > 1.5 * width["before"]
+    assert after.noise["sigma"] == pytest.approx(before.noise["sigma"])  # sigma itself is the replicates'
+
+
 def test_a_frontier_that_falls_faster_at_larger_budgets_is_detected():
     """Chinchilla-like optimal losses decelerate (an irreducible loss): not flagged. Bending them so that they fall
     faster at larger budgets, as tiny byte-level models do (d ln L / d ln C from -0.05 to -0.10 in the demo), is
