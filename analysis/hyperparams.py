@@ -591,8 +591,8 @@ class HyperparamFit(FitResult):
     steplaw_p, steplaw_q; batch_D_coef, batch_D_exponent when fitted), draws by the same names.
 
     .lr_opt, .batch_opt: PowerLawFit in C [FLOPs] over the compute-optimal cells (lr_opt None when only one budget
-    has a located compute-optimal cell: diagnostics["lr_opt"] says why; batch_opt None without a batch grid); .batch_D: PowerLawFit of B_opt [tokens] in D [tokens] over all cells with a batch grid; .steplaw:
-    StepLawFit lr(N, D) or None (diagnostics["steplaw"] says why); .cells: the per-cell table (optimum, interval,
+    has a located compute-optimal cell: diagnostics["lr_opt"] says why; batch_opt None without a batch grid);
+    .batch_D: PowerLawFit of B_opt [tokens] in D [tokens] over all cells with a batch grid; .steplaw: StepLawFit lr(N, D) or None (diagnostics["steplaw"] says why); .cells: the per-cell table (optimum, interval,
     flags, which laws use it, its quadratic); .points: each cell's measured points (replicates averaged).
     """
 
@@ -799,14 +799,15 @@ def _laws(table: pd.DataFrame, by_index: dict[int, _Cell], target_draws: np.ndar
                           y_name=y_name)
 
     laws = {"lr_opt": None, "batch_opt": None, "batch_D": None, "steplaw": None}
-    b_points, table["used_batch_C"] = _budget_law_points(table, b_ok, by_index, "batch", target_draws)
-    diag = {"n_used_lr": len(lr_points.x), "lr_law_points": lr_points.records, "n_used_batch": len(b_points.x)}
+    diag = {"lr_law_points": lr_points.records}
     if n_lr_budgets >= MIN_LAW_CELLS:
         laws["lr_opt"] = power(lr_points, "lr_opt(C)", "C [FLOPs]", "lr_opt")
     else:  # one located budget: its cells stand (a recommendation can use the measured optimum), but no law in C
-        table["used_lr_C"] = False
         why = _too_few_budgets(table, n_lr_budgets)
-        diag.update({"n_used_lr": 0, "lr_opt": f"not fitted: expected {why.expected}; got {why.got}"})
+        table["used_lr_C"] = False
+        diag["lr_opt"] = f"not fitted: expected {why.expected}; got {why.got}"
+    b_points, table["used_batch_C"] = _budget_law_points(table, b_ok, by_index, "batch", target_draws)
+    diag.update(n_used_lr=len(lr_points.x) if laws["lr_opt"] is not None else 0, n_used_batch=len(b_points.x))
     if np.unique(b_points.x).size >= MIN_LAW_CELLS:
         laws["batch_opt"] = power(b_points, "B_opt(C)", "C [FLOPs]", "B_opt [tokens]")
         diag["batch_law_points"] = b_points.records

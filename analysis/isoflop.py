@@ -353,7 +353,8 @@ class IsoflopFit(AllocationFit):
             scatter = (f"  (points scatter {scale:.2g}x the noise model: sigma x {scale:.2g} in its draws)"
                        if scale and scale > 1 else "")
             lines.append(f"    {r['budget']:14.4g}   {r['N_opt']:10.4g} {ci}   {r['D_opt']:12.4g}   "
-                         f"{r['L_opt']:.4f}   {','.join(r['flags']) or '-'}{'' if r['used'] else ' (not used)'}{scatter}")
+                         f"{r['L_opt']:.4f}   {','.join(r['flags']) or '-'}{'' if r['used'] else ' (not used)'}"
+                         + scatter)
         if self.L_frontier is not None:
             lines.append("  " + self.L_frontier.headline())
         bend = self.diagnostics.get("frontier_bend")
@@ -559,7 +560,8 @@ def _budget_table(profiles: list[BudgetProfile], method: str, reason: str) -> pd
                   if draws is None or reason else interval_from_draws(draws, method=method))
             lo, hi = (10 ** iv.lo, 10 ** iv.hi) if to_lin else (iv.lo, iv.hi)
             row.update({f"{key}_lo": lo, f"{key}_hi": hi, f"{key}_reason": iv.reason})
-        row.update(bias_sd=pr.bias_sd, bias_L=pr.bias_L, noise_scale=pr.noise_scale, n_ok=int(np.isfinite(pr.draws["logN"]).sum()) if pr.draws else 0,
+        row.update(bias_sd=pr.bias_sd, bias_L=pr.bias_L, noise_scale=pr.noise_scale,
+                   n_ok=int(np.isfinite(pr.draws["logN"]).sum()) if pr.draws else 0,
                    n_total=int(pr.draws["logN"].size) if pr.draws else 0,
                    n_points=int(pr.logN.size), n_fit=int(pr.fit.sum()), n_runs=int(pr.weight.sum()),
                    flags=list(pr.flags), used=pr.used, best_N=float(10 ** pr.logN[best]),
