@@ -55,6 +55,7 @@ MIN_SCAN = 3  # distinct values of a hyperparameter at one (N, D) for it to coun
 CELL_RTOL = 1e-3  # N (or D) values closer than this (relative) are the same model (data) size
 RUN_BOOTSTRAP_MIN_RUNS = 12  # fewer runs in a cell: resampling them is degenerate, use the residual bootstrap
 MIN_LAW_CELLS = 2  # cells at distinct budgets needed for a law in C
+MIN_TESTED_BUDGETS = 3  # budgets a law in C needs before it is trusted to extrapolate: two fix a power law exactly
 MIN_STEPLAW_CELLS = 4  # cells for lr = c N^p D^q (3 coefficients and one degree of freedom)
 MIN_VARIANCE = 1e-6  # floor of a cell optimum's variance [decades^2] in the law weights
 NO_DRAWS = "no resamples (n_boot = 0)"
@@ -875,6 +876,7 @@ def fit_hyperparams(df: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0, cell
     for member in ("lr_opt", "batch_opt"):
         if laws[member] is not None:
             _mark_span(laws[member], member, intervals, unreliable)
+            _mark_untested(laws[member], member, unreliable)
     diagnostics = {"n_cells": len(table), "n_scanned": int(table["scanned"].sum()), **law_diag,
                    "cell": "(N, D) pair", "min_scan": MIN_SCAN,
                    "noise_for_bootstrap": boot_noise.to_dict(),
@@ -895,6 +897,17 @@ def _mark_span(law: PowerLawFit, member: str, intervals: dict, unreliable: dict)
         return
     intervals[name] = interval_from_draws(draws, method=law.intervals["exponent"].method)
     unreliable.update(unreliable_reasons({}, intervals, spans=(name,)))
+
+
+def _mark_untested(law: PowerLawFit, member: str, unreliable: dict) -> None:
+    """Mark the law's exponent unreliable when fewer than MIN_TESTED_BUDGETS budgets gave it: a power law through two
+    points always fits them, so nothing tests its form, and its interval holds only the cells' location noise."""
+    n = int(law.diagnostics.get("n_distinct_x", 0))
+    if n < MIN_TESTED_BUDGETS:
+        unreliable.setdefault(f"{PREFIXES[member]}_exponent",
+                              f"fitted through {n} budgets: a power law through {n} points fits them exactly, so "
+                              f"its form is untested and its interval holds only the cells' location noise "
+                              f"(>= {MIN_TESTED_BUDGETS} budgets are needed to extrapolate it)")
 
 
 WIDTH_RULE_TOL = 0.005  # max |residual| of ln lr = c - w ln d_model for the isoFLOP runs' LRs to count as one rule

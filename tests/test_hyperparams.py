@@ -317,6 +317,18 @@ def test_a_scan_at_one_budget_gives_its_cells_and_no_law_in_C():
     assert any("no law in C" in t.get_text() for t in fig.axes[1].texts)
 
 
+def test_a_law_through_two_budgets_is_fitted_but_not_trusted_to_extrapolate():
+    sweep = scan_sweep(seed=3, n_seeds=2)
+    two = fit_hyperparams(sweep[sweep["budget"].isin(BUDGETS[:2])], n_boot=100)
+    assert two.lr_opt is not None and two.lr_opt.diagnostics["n_distinct_x"] == 2
+    assert "fitted through 2 budgets" in two.unreliable["lr_exponent"]  # two points fix a power law exactly
+    assert "UNRELIABLE: fitted through 2 budgets" in two.summary()
+    back = FitResult.from_dict(json.loads(json.dumps(two.to_dict())))
+    assert back.unreliable["lr_exponent"] == two.unreliable["lr_exponent"]
+    three = fit_hyperparams(sweep[sweep["budget"].isin(BUDGETS[:3])], n_boot=100)
+    assert three.lr_opt.diagnostics["n_distinct_x"] == 3 and "lr_exponent" not in three.unreliable
+
+
 def _isoflop_runs(lr_of_width) -> pd.DataFrame:
     rows = [(budget, d, lr_of_width(d, budget), "isoflop") for budget in (1e10, 1e11) for d in (8, 10, 13, 17, 22)]
     return pd.DataFrame(rows, columns=["budget", "d_model", "lr", "kind"])
