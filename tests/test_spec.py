@@ -26,8 +26,9 @@ def test_tiny_cpu_preset():
     assert spec.model.family == "gpt2" and spec.data.tokenizer == "bytes" and spec.vocab_size == 256
     assert len(budgets) == 4 and budgets[-1] / budgets[0] >= 30
     assert spec.grid.models_per_budget >= 5
-    assert len(spec.hparams.lr_factors) >= 3 and len(spec.hparams.budgets) >= 2  # an LR law needs 2+ budgets
-    assert spec.model.n_layer == 2 and spec.model.n_heads == 1  # the fixed-depth, one-head ladder
+    assert len(spec.hparams.lr_factors) >= 3 and len(spec.hparams.budgets) >= 2  # scanned cells at 2+ budgets
+    assert spec.model.n_layer == 1 and spec.model.n_heads == 1  # the fixed-depth, one-head ladder (E8: one layer)
+    assert len(spec.grid.replicate_seeds) == 2 and spec.grid.tokens_per_param == 300.0  # P9
     assert spec.train.lr_width is not None  # every width trains near its own optimal LR (no fixed-LR cliff)
     assert spec.resources.gpus == 0 and spec.backend.local.max_concurrent >= 1
     assert spec.source == "preset:tiny-cpu" and "tiny-cpu" in spec.source_text
