@@ -125,13 +125,26 @@ def adapted_prior(runs) -> tuple[float, float] | None:
     return coef, exponent
 
 
-def train_stage(spec, results_root: Path, log) -> list[str]:
-    """Train the stage's runs that are not finished yet (local backend, waiting); return the submitted run ids."""
+def train_stage(spec, results_root: Path, log, *, extend: bool) -> list[str]:
+    """Train the stage's runs that are not finished yet (local backend, waiting); return the submitted run ids.
+    `extend`: the stage may become a new spec version of the folder's sweep (stage 2, the first time)."""
     from sweeps.launch import launch
 
-    res = launch(spec, backend="local", results=results_root, wait=True, progress=True, extend=True)  # stage 2: v2
+    res = launch(spec, backend="local", results=results_root, wait=True, progress=True, extend=extend)
     log(res.summary())
     return list(res.submitted)
+
+
+def check_demo_folder(out: Path, stage1) -> None:
+    """Refuse, writing nothing, a folder that holds a sweep other than this demo's (another preset, seed or override):
+    its stage 1 must be the folder's first spec version, so two demos' runs are never fitted together."""
+    from sweeps.store import Store, same_sweep, spec_content, spec_diff
+
+    versions = Store(out).spec_versions()
+    if versions and not same_sweep(versions[0]["spec"], stage1):
+        changes = "; ".join(spec_diff(spec_content(versions[0]["spec"]), spec_content(stage1)))
+        raise ConfigError("--out", f"a new folder, or one holding this same demo (same --seed, preset and overrides) to "
+                          f"resume it; {out} holds a demo with other settings", f"changed: {changes}")
 
 
 def run_demo(out: str | Path = "results/demo", *, quick: bool = False, n_boot: int = 1000, seed: int = 0,
@@ -141,13 +154,15 @@ def run_demo(out: str | Path = "results/demo", *, quick: bool = False, n_boot: i
     from analysis.data import load_runs
     from analysis.recommend import recommend
     from analysis.report import fit_all, write_report
+    from sweeps.store import Store
 
     t0 = time.perf_counter()
     out = Path(out)
     spec = demo_spec(out.name, quick, [*overrides, *seed_overrides(demo_spec(out.name, quick, overrides), seed)])
     stage1, _ = stage_specs(spec, None)
     log(f"stage 1: budgets {_budgets(stage1)} around the prior of {spec.grid.tokens_per_param:g} tokens/param")
-    submitted = train_stage(stage1, out.parent, log)
+    check_demo_folder(out, stage1)
+    submitted = train_stage(stage1, out.parent, log, extend=False)
     runs = load_runs(out)
     first_budgets = stage1.budgets.resolved()
     in_stage1 = [any(math.isclose(b, x, rel_tol=0.02) for x in first_budgets) for b in runs["budget"]]
@@ -157,7 +172,7 @@ def run_demo(out: str | Path = "results/demo", *, quick: bool = False, n_boot: i
         if prior:
             log(f"stage 2: budgets {_budgets(stage2)} around N_opt = {prior[0]:.3g} * C^{prior[1]:.3f} "
                 "(fitted on stage 1)")
-        submitted += train_stage(stage2, out.parent, log)
+        submitted += train_stage(stage2, out.parent, log, extend=len(Store(out).spec_versions()) < 2)
     t_train = time.perf_counter() - t0
 
     report = fit_all(out, n_boot=n_boot, parametric_n_boot=min(n_boot, 200) if quick else None)

@@ -95,6 +95,11 @@ def spec_content(spec) -> dict:
     return {k: d[k] for k in PLANNING_SECTIONS if k in d}
 
 
+def same_sweep(a, b) -> bool:
+    """Whether two specs (SweepSpec or stored spec dicts) plan the same sweep: equal planning sections."""
+    return _canonical(spec_content(a)) == _canonical(spec_content(b))
+
+
 def spec_diff(old: dict, new: dict, limit: int = MAX_DIFF_LINES) -> list[str]:
     """Lines `dotted.key: old -> new` for every leaf that differs (at most `limit`, then a count of the rest)."""
     a, b = _flatten(old), _flatten(new)
@@ -224,13 +229,12 @@ class Store:
         if stored.get("name") not in (None, spec.name):
             raise ConfigError("name", f"the sweep name of {self.root} ({stored.get('name')!r}) to add runs to it; "
                               "use another results folder", spec.name)
-        new = spec_content(spec)
         for version in reversed(versions):  # relaunching a recorded version (e.g. to resume it) adds nothing new
-            if _canonical(new) == _canonical(spec_content(version["spec"])):
+            if same_sweep(spec, version["spec"]):
                 return int(version["version"])
         if extend:
             return int(versions[-1]["version"]) + 1
-        changes = "; ".join(spec_diff(stored, new))
+        changes = "; ".join(spec_diff(stored, spec_content(spec)))
         raise ConfigError("spec", f"the spec {self.root} was launched with (version {versions[-1]['version']}): a "
                           "results folder holds one sweep. To add the changed runs to this sweep as a new spec "
                           "version, launch with --extend; to start another sweep, use another --results folder or "

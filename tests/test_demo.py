@@ -140,3 +140,19 @@ def test_replicates_of_the_best_lr_reach_the_noise_model():
     points, noise = collapse_replicates(kept)
     assert noise.source == "replicates" and noise.dof == 1
     assert points.loc[points["N"] == 100, "loss"].item() == pytest.approx(2.05)
+
+
+def test_a_folder_holding_another_demo_is_refused_before_anything_is_trained(tmp_path):
+    from analysis.demo import demo_spec, stage_specs
+    from scaling.errors import ConfigError
+    from sweeps.grid import plan
+
+    out = tmp_path / "demo"
+    other, _ = stage_specs(demo_spec(out.name, True, ["model.n_layer=2"]), None)  # another preset's stage 1
+    Store(out).init_sweep(other, plan(other))
+    before = sorted(p.name for p in (out / "runs").iterdir())
+    with pytest.raises(ConfigError, match=r"--out: expected a new folder.*changed: .*model\.n_layer: 2 -> 1"):
+        run_demo(out, quick=True, n_boot=10, log=lambda *a: None)
+    assert len(Store(out).spec_versions()) == 1  # no spec version added: the two demos' runs are never mixed
+    assert sorted(p.name for p in (out / "runs").iterdir()) == before
+    assert not any((out / "runs" / r / "summary.json").exists() for r in before)  # nothing trained
