@@ -143,8 +143,8 @@ def check_demo_folder(out: Path, stage1) -> None:
     versions = Store(out).spec_versions()
     if versions and not same_sweep(versions[0]["spec"], stage1):
         changes = "; ".join(spec_diff(spec_content(versions[0]["spec"]), spec_content(stage1)))
-        raise ConfigError("--out", f"a new folder, or one holding this same demo (same --seed, preset and overrides) to "
-                          f"resume it; {out} holds a demo with other settings", f"changed: {changes}")
+        raise ConfigError("--out", "a new folder, or one holding this same demo (same --seed, preset and overrides) "
+                          f"to resume it; {out} holds a demo with other settings", f"changed: {changes}")
 
 
 def run_demo(out: str | Path = "results/demo", *, quick: bool = False, n_boot: int = 1000, seed: int = 0,

@@ -593,8 +593,9 @@ class HyperparamFit(FitResult):
 
     .lr_opt, .batch_opt: PowerLawFit in C [FLOPs] over the compute-optimal cells (lr_opt None when only one budget
     has a located compute-optimal cell: diagnostics["lr_opt"] says why; batch_opt None without a batch grid);
-    .batch_D: PowerLawFit of B_opt [tokens] in D [tokens] over all cells with a batch grid; .steplaw: StepLawFit lr(N, D) or None (diagnostics["steplaw"] says why); .cells: the per-cell table (optimum, interval,
-    flags, which laws use it, its quadratic); .points: each cell's measured points (replicates averaged).
+    .batch_D: PowerLawFit of B_opt [tokens] in D [tokens] over all cells with a batch grid; .steplaw: StepLawFit
+    lr(N, D) or None (diagnostics["steplaw"] says why); .cells: the per-cell table (optimum, interval, flags, which
+    laws use it, its quadratic); .points: each cell's measured points (replicates averaged).
     """
 
     kind: ClassVar[str] = "hyperparams"
